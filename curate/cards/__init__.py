@@ -1,0 +1,1 @@
+"""Data cards, HTML reports, plots and Hugging Face publishing."""

@@ -1,0 +1,1 @@
+"""Filters: score columns for dedup, decontamination and difficulty; `select` applies the policy."""
