@@ -67,6 +67,9 @@ class BatchResult:
     table: pa.Table
     rejects: pa.Table = field(default_factory=empty_rejects)
     counts: Counter[str] = field(default_factory=Counter)
+    # Named side tables (e.g. select's "negatives"): written as <step>/<name>/part-*.parquet
+    # by the same atomic, resumable shard writer as the main output.
+    side_outputs: dict[str, pa.Table] = field(default_factory=dict)
 
 
 C = TypeVar("C", bound=StageConfig)
@@ -83,8 +86,9 @@ class Stage(Generic[C]):
     # CLI path: ("verify", "math") -> `curate verify math`.
     cli: ClassVar[tuple[str, ...]] = ()
     table: ClassVar[TableName] = "traces"
-    # Which table this stage writes (a generator reads problems and writes traces).
-    output_table: ClassVar[TableName | None] = None
+    # Which table this stage writes (a generator reads problems and writes traces; the logit
+    # cache writes "logits"). None: the same table it reads.
+    output_table: ClassVar[str | None] = None
     requires: ClassVar[tuple[str, ...]] = ()
     score_namespace: ClassVar[str | None] = None
     fit_columns: ClassVar[tuple[str, ...]] = ()
@@ -192,7 +196,8 @@ class SourceStage(Stage[C]):
         raise NotImplementedError
 
     def read_unit(self, unit: WorkUnit) -> Iterator[BatchResult]:
-        """Yield raw batches of the unit (already validated; rejects carried along)."""
+        """Yield the unit's output batches (validated, rejects carried along); each result's
+        ``counts["rows_in"]`` is the number of input rows it consumed."""
         raise NotImplementedError
 
 

@@ -45,6 +45,9 @@ _TRACE_FIELDS = [
     pa.field("sampling_params", pa.string()),
     pa.field("reasoning", _TEXT),
     pa.field("answer", _TEXT),
+    # True: the thinking section was closed; False: opened and never closed (ran out of tokens);
+    # null: the teacher used no thinking markers.
+    pa.field("think_closed", pa.bool_()),
     pa.field("finish_reason", pa.string()),
     pa.field("prompt_tokens", pa.int32()),
     pa.field("completion_tokens", pa.int32()),

@@ -1,0 +1,259 @@
+"""`curate import`: bring existing trace datasets (or problem sets) into a run.
+
+Reads JSONL, JSON, Parquet or a `datasets` folder; maps columns through a preset (OpenAI
+`messages`, ShareGPT `conversations`, AM-Thinking, OpenThoughts, plain `<think>` text) and/or
+an explicit mapping; splits reasoning from answer; gives every row stable ids; and sends rows
+that cannot be used to the rejects file with file, row, field and reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+
+from curate.generators.anatomy import merge_separate_reasoning, split_reasoning
+from curate.generators.presets import PRESETS, detect_preset, field_expr, preset_exprs
+from curate.generators.readers import RawBlock, plan_file_units, read_raw
+from curate.schemas.ids import problem_ids, trace_ids
+from curate.schemas.tables import DOMAINS, FINISH_REASONS, PROBLEMS_SCHEMA, TRACES_SCHEMA, conform
+from curate.schemas.validate import split_valid
+from curate.stage import BatchResult, SourceStage, StageConfig, WorkUnit
+
+# Standard names a mapping may target, with the polars type each is cast to.
+TARGETS: dict[str, pl.DataType] = {
+    "prompt": pl.Utf8, "response": pl.Utf8, "reasoning": pl.Utf8, "answer": pl.Utf8,
+    "reference_answer": pl.Utf8, "tests": pl.Utf8, "teacher": pl.Utf8, "domain": pl.Utf8,
+    "source": pl.Utf8, "license": pl.Utf8, "sample_index": pl.Int32, "seed": pl.Int64,
+    "finish_reason": pl.Utf8, "prompt_tokens": pl.Int32, "completion_tokens": pl.Int32,
+    "latency_s": pl.Float64, "sampling_params": pl.Utf8, "teacher_revision": pl.Utf8, "system": pl.Utf8,
+}
+
+
+class ImportConfig(StageConfig):
+    paths: list[str]
+    preset: str = "auto"
+    # standard column -> field in the input ("info.think_content" reaches into a struct)
+    columns: dict[str, str] = {}
+    source: str | None = None  # dataset name; default: the mapped `source` column, else the file stem
+    domain: str | None = None  # default: the mapped column, else "code" when tests exist, else "general"
+    license: str | None = None
+    teacher: str | None = None  # for datasets with one teacher and no teacher column
+    keep: list[str] = []  # input fields kept as JSON in trace_metadata (problems: metadata)
+    strip_tags: list[str] = []  # annotation tags to remove from responses, e.g. ["DEFINE", "BLOOM"]
+    tests_format: str | None = None  # hint for converting `tests` to the canonical JSON
+
+    def model_post_init(self, _context) -> None:
+        if self.preset != "auto" and self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose auto or one of {', '.join(PRESETS)}")
+        unknown = sorted(set(self.columns) - set(TARGETS))
+        if unknown:
+            raise ValueError(f"unknown target column(s) {unknown}; targets are {', '.join(TARGETS)}")
+        if self.domain is not None and self.domain not in DOMAINS:
+            raise ValueError(f"domain must be one of {', '.join(DOMAINS)}")
+
+
+def _json_text(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    if dtype == pl.Utf8:
+        return expr
+    if isinstance(dtype, (pl.Struct, pl.List)):
+        return pl.struct(expr.alias("v")).struct.json_encode().str.slice(5).str.strip_suffix("}")
+    return expr.cast(pl.Utf8)
+
+
+class _ImportBase(SourceStage[ImportConfig]):
+    config_model = ImportConfig
+    batch_rows = 20_000
+    _kind = "traces"
+
+    def input_paths(self) -> list[Path]:
+        return [Path(p) for p in self.config.paths]
+
+    def plan(self) -> list[WorkUnit]:
+        units: list[WorkUnit] = []
+        for path in self.input_paths():
+            units.extend(plan_file_units(path, len(units)))
+        return units
+
+    # -- mapping ---------------------------------------------------------------------
+    def _standard_frame(self, raw: pl.DataFrame, file: str) -> pl.DataFrame:
+        cfg = self.config
+        preset = detect_preset(raw) if cfg.preset == "auto" else cfg.preset
+        exprs: dict[str, pl.Expr] = {}
+        if raw.width:
+            try:
+                exprs.update(preset_exprs(preset, raw))
+            except (pl.exceptions.PolarsError, KeyError):
+                pass  # the preset's columns are absent in this block: required fields will be null
+            if preset in ("columns", "think"):
+                for name in TARGETS:
+                    if name in raw.columns:
+                        exprs[name] = pl.col(name)
+        for target, path in cfg.columns.items():
+            try:
+                exprs[target] = field_expr(path, raw)
+            except KeyError:
+                exprs[target] = pl.lit(None, TARGETS[target])  # named per row by validation
+        selected = raw.select(
+            [_json_text(e, raw.select(e).dtypes[0]).alias(k) if k == "tests" else e.alias(k) for k, e in exprs.items()]
+        ) if exprs else pl.DataFrame(height=raw.height)
+        frame = selected.with_columns(
+            [pl.col(k).cast(TARGETS[k], strict=False) for k in selected.columns if k in TARGETS]
+        )
+        if cfg.keep:
+            kept = [field_expr(k, raw).alias(k) for k in cfg.keep if k.split(".")[0] in raw.columns]
+            if kept:
+                frame = frame.with_columns(
+                    raw.select(pl.struct(kept).struct.json_encode().alias("_keep")).to_series()
+                )
+        fixed = {"source": cfg.source, "license": cfg.license, "teacher": cfg.teacher, "domain": cfg.domain}
+        for name, value in fixed.items():
+            if value is not None:  # an explicit config value wins over a mapped column
+                frame = frame.with_columns(pl.lit(value, pl.Utf8).alias(name))
+        if "source" not in frame.columns:
+            frame = frame.with_columns(pl.lit(Path(file).name.split(".")[0]).alias("source"))
+        for name in TARGETS:
+            if name not in frame.columns:
+                frame = frame.with_columns(pl.lit(None, TARGETS[name]).alias(name))
+        if cfg.domain is None:
+            frame = frame.with_columns(
+                pl.coalesce(pl.col("domain"), pl.when(pl.col("tests").is_not_null()).then(pl.lit("code")),
+                            pl.lit("general")).alias("domain")
+            )
+        return frame
+
+    def _canonical_tests(self, frame: pl.DataFrame) -> pl.DataFrame:
+        if self.config.tests_format is None or frame["tests"].null_count() == frame.height:
+            return frame
+        from curate.verifiers.testspec import to_canonical_tests  # code problems only
+
+        converted = [None if t is None else to_canonical_tests(t, self.config.tests_format)
+                     for t in frame["tests"].to_list()]
+        return frame.with_columns(pl.Series("tests", converted, pl.Utf8))
+
+
+class ImportTracesStage(_ImportBase):
+    name = "import"
+    description = "Import existing traces (JSONL, JSON, Parquet, datasets folder) with a preset or column map."
+    example = ("curate import data/am_thinking.jsonl --out runs/am --preset am_thinking --teacher AM-Thinking-v1 "
+               "--domain math --license apache-2.0")
+    cli = ("import",)
+
+    def _split(self, frame: pl.DataFrame) -> pl.DataFrame:
+        if self.config.strip_tags:
+            pattern = "</?(?:" + "|".join(self.config.strip_tags) + ")>"
+            frame = frame.with_columns(pl.col("response").str.replace_all(pattern, ""))
+        have_split = frame["reasoning"].null_count() < frame.height or frame["answer"].null_count() < frame.height
+        if have_split:
+            return frame.with_columns(pl.lit(True).alias("think_closed"))
+        if "separate_reasoning" in frame.columns:
+            parts = merge_separate_reasoning(pl.col("separate_reasoning"), pl.col("response"))
+        else:
+            parts = split_reasoning(pl.col("response"))
+        return frame.drop("reasoning", "answer").with_columns(parts.alias("_s")).unnest("_s")
+
+    def read_unit(self, unit: WorkUnit) -> Iterator[BatchResult]:
+        seen: pl.Series = pl.Series("trace_id", [], pl.Utf8)
+        for block in read_raw(unit, batch_rows=self.batch_rows):
+            result, seen = self._convert(block, unit.path, seen)
+            yield result
+
+    def _convert(self, block: RawBlock, file: str, seen: pl.Series) -> tuple[BatchResult, pl.Series]:
+        counts: Counter[str] = Counter(rows_in=block.rows_read)
+        counts["rejected:bad_json"] += block.rejects.num_rows
+        if block.frame.height == 0:
+            return BatchResult(TRACES_SCHEMA.empty_table(), block.rejects, counts), seen
+        frame = self._split(self._standard_frame(block.frame, file))
+        frame = self._canonical_tests(frame)
+        if "_keep" in frame.columns:
+            frame = frame.rename({"_keep": "trace_metadata"})
+        frame = frame.with_columns(pl.lit("import").alias("backend"))
+        table = frame.to_arrow()
+        pid = problem_ids(table.column("prompt"))
+        tid = trace_ids(pid, table.column("teacher"), table.column("reasoning"), table.column("answer"))
+        table = table.append_column("problem_id", pid).append_column("trace_id", tid)
+        # A null prompt must not get the hash of "" as its id: leave it null so validation names it.
+        frame = pl.from_arrow(table).with_columns(
+            pl.when(pl.col("prompt").is_null()).then(None).otherwise(pl.col("problem_id")).alias("problem_id"),
+            pl.when(pl.col("prompt").is_null() | (pl.col("reasoning").is_null() & pl.col("answer").is_null()))
+            .then(None).otherwise(pl.col("trace_id")).alias("trace_id"),
+        )
+        good, rejects = split_valid(
+            conform(frame.to_arrow(), TRACES_SCHEMA),
+            TRACES_SCHEMA,
+            file=file,
+            row_numbers=pa.array(block.rows, pa.int64()),
+            required=["prompt", "trace_id", "problem_id", "teacher", "source", "domain", "backend"],
+            allowed={"domain": DOMAINS, "finish_reason": FINISH_REASONS},
+        )
+        for field in rejects.column("field").to_pylist():
+            counts[f"rejected:{field}"] += 1
+        out = pl.from_arrow(good)
+        before = out.height
+        out = out.unique(subset="trace_id", keep="first", maintain_order=True).filter(
+            ~pl.col("trace_id").is_in(seen.implode())
+        )
+        counts["duplicate_trace_id"] += before - out.height
+        seen = pl.concat([seen, out["trace_id"]])
+        all_rejects = pa.concat_tables([block.rejects, rejects]) if rejects.num_rows else block.rejects
+        return BatchResult(conform(out.to_arrow(), TRACES_SCHEMA), all_rejects, counts), seen
+
+
+class ImportProblemsStage(_ImportBase):
+    name = "import_problems"
+    description = "Import problems (prompt, reference answer, tests) for generation."
+    example = ("curate import-problems data/math.jsonl --out runs/gen --map prompt=problem "
+               "--map reference_answer=answer --domain math --license mit")
+    cli = ("import-problems",)
+    table = "problems"
+
+    def read_unit(self, unit: WorkUnit) -> Iterator[BatchResult]:
+        seen = pl.Series("problem_id", [], pl.Utf8)
+        for block in read_raw(unit, batch_rows=self.batch_rows):
+            counts: Counter[str] = Counter(rows_in=block.rows_read)
+            counts["rejected:bad_json"] += block.rejects.num_rows
+            if block.frame.height == 0:
+                yield BatchResult(PROBLEMS_SCHEMA.empty_table(), block.rejects, counts)
+                continue
+            frame = self._canonical_tests(self._standard_frame(block.frame, unit.path))
+            if "_keep" in frame.columns:
+                frame = frame.rename({"_keep": "metadata"})
+            table = frame.to_arrow()
+            table = table.append_column("problem_id", problem_ids(table.column("prompt")))
+            good, rejects = split_valid(
+                conform(table, PROBLEMS_SCHEMA).select(PROBLEMS_SCHEMA.names),
+                PROBLEMS_SCHEMA,
+                file=unit.path,
+                row_numbers=pa.array(block.rows, pa.int64()),
+                required=["prompt", "problem_id", "source", "domain"],
+                allowed={"domain": DOMAINS},
+            )
+            for field in rejects.column("field").to_pylist():
+                counts[f"rejected:{field}"] += 1
+            out = pl.from_arrow(good)
+            before = out.height
+            out = out.unique(subset="problem_id", keep="first", maintain_order=True).filter(
+                ~pl.col("problem_id").is_in(seen.implode())
+            )
+            counts["duplicate_problem_id"] += before - out.height
+            seen = pl.concat([seen, out["problem_id"]])
+            all_rejects = pa.concat_tables([block.rejects, rejects]) if rejects.num_rows else block.rejects
+            yield BatchResult(conform(out.to_arrow(), PROBLEMS_SCHEMA), all_rejects, counts)
+
+
+def parse_mapping(items: list[str]) -> dict[str, str]:
+    """``["prompt=question", "teacher=model"]`` -> ``{"prompt": "question", "teacher": "model"}``."""
+    out = {}
+    for item in items:
+        target, sep, source = item.partition("=")
+        if not sep or not target or not source:
+            raise ValueError(f"mapping {item!r} must look like TARGET=SOURCE_FIELD")
+        out[target.strip()] = source.strip()
+    return out
+
+
+__all__ = ["ImportConfig", "ImportProblemsStage", "ImportTracesStage", "json", "parse_mapping"]
