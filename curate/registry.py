@@ -4,6 +4,7 @@ torch, and a pipeline that never verifies code never imports the sandbox."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from curate.stage import Stage
 
@@ -38,14 +39,19 @@ class UnknownStageError(KeyError):
 
 
 def stage_class(name: str) -> type[Stage]:
-    try:
-        target = STAGES[name]
-    except KeyError:
+    """A registered name, or ``package.module:Class`` for a user's own stage."""
+    target = name if ":" in name else STAGES.get(name, "")
+    if not target:
         known = ", ".join(sorted(available()))
-        raise UnknownStageError(f"unknown stage {name!r}; known stages: {known}") from None
+        raise UnknownStageError(f"unknown stage {name!r}; known stages: {known}")
     module_name, _, attr = target.partition(":")
-    module = importlib.import_module(module_name)
-    return getattr(module, attr)
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise UnknownStageError(f"stage {name!r}: cannot load {target}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Stage)):
+        raise UnknownStageError(f"stage {name!r}: {target} is not a Stage class")
+    return cls
 
 
 def available() -> list[str]:

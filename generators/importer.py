@@ -8,20 +8,22 @@ that cannot be used to the rejects file with file, row, field and reason.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
-
 from curate.generators.anatomy import merge_separate_reasoning, split_reasoning
 from curate.generators.presets import PRESETS, detect_preset, field_expr, preset_exprs
 from curate.generators.readers import RawBlock, plan_file_units, read_raw
 from curate.schemas.ids import problem_ids, trace_ids
 from curate.schemas.tables import DOMAINS, FINISH_REASONS, PROBLEMS_SCHEMA, TRACES_SCHEMA, conform
-from curate.schemas.validate import split_valid
+from curate.schemas.validate import rejects_table, split_valid
+
 from curate.stage import BatchResult, SourceStage, StageConfig, WorkUnit
 
 # Standard names a mapping may target, with the polars type each is cast to.
@@ -65,6 +67,39 @@ def _json_text(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
     return expr.cast(pl.Utf8)
 
 
+def _cast_targets(frame: pl.DataFrame) -> pl.DataFrame:
+    """Cast mapped columns to their standard types; a value that does not convert is recorded in
+    `_bad_field`/`_bad_reason` (first failing column per row) instead of silently becoming null."""
+    casts, bad = [], []
+    for name in frame.columns:
+        if name not in TARGETS:
+            continue
+        target = TARGETS[name]
+        casted = pl.col(name).cast(target, strict=False)
+        casts.append(casted.alias(name))
+        if frame.schema[name] != target:
+            failed = pl.col(name).is_not_null() & casted.is_null()
+            reason = pl.format("cannot convert '{}' to {}", pl.col(name).cast(pl.Utf8, strict=False), pl.lit(str(target)))
+            bad.append((failed, name, reason))
+    field = pl.lit(None, pl.Utf8)
+    reason = pl.lit(None, pl.Utf8)
+    for failed, name, why in reversed(bad):
+        field = pl.when(failed).then(pl.lit(name)).otherwise(field)
+        reason = pl.when(failed).then(why).otherwise(reason)
+    return frame.with_columns(field.alias("_bad_field"), reason.alias("_bad_reason")).with_columns(casts)
+
+
+def _type_rejects(frame: pl.DataFrame, rows, file: str) -> tuple[pl.DataFrame, pa.Table | None]:
+    mask = frame["_bad_field"].is_not_null()
+    if not mask.any():
+        return frame.drop("_bad_field", "_bad_reason"), None
+    bad = frame.filter(mask)
+    bad_rows = [int(r) for r in rows[mask.to_numpy()]]
+    rejects = rejects_table(file, bad_rows, bad["_bad_field"].to_list(), bad["_bad_reason"].to_list(),
+                            [None] * bad.height)
+    return frame.filter(~mask).drop("_bad_field", "_bad_reason"), rejects
+
+
 class _ImportBase(SourceStage[ImportConfig]):
     config_model = ImportConfig
     batch_rows = 20_000
@@ -85,10 +120,10 @@ class _ImportBase(SourceStage[ImportConfig]):
         preset = detect_preset(raw) if cfg.preset == "auto" else cfg.preset
         exprs: dict[str, pl.Expr] = {}
         if raw.width:
-            try:
+            # When the preset's columns are absent from a block, its required fields stay null and
+            # validation names them per row.
+            with contextlib.suppress(pl.exceptions.PolarsError, KeyError):
                 exprs.update(preset_exprs(preset, raw))
-            except (pl.exceptions.PolarsError, KeyError):
-                pass  # the preset's columns are absent in this block: required fields will be null
             if preset in ("columns", "think"):
                 for name in TARGETS:
                     if name in raw.columns:
@@ -101,9 +136,7 @@ class _ImportBase(SourceStage[ImportConfig]):
         selected = raw.select(
             [_json_text(e, raw.select(e).dtypes[0]).alias(k) if k == "tests" else e.alias(k) for k, e in exprs.items()]
         ) if exprs else pl.DataFrame(height=raw.height)
-        frame = selected.with_columns(
-            [pl.col(k).cast(TARGETS[k], strict=False) for k in selected.columns if k in TARGETS]
-        )
+        frame = _cast_targets(selected)
         if cfg.keep:
             kept = [field_expr(k, raw).alias(k) for k in cfg.keep if k.split(".")[0] in raw.columns]
             if kept:
@@ -167,8 +200,9 @@ class ImportTracesStage(_ImportBase):
         counts["rejected:bad_json"] += block.rejects.num_rows
         if block.frame.height == 0:
             return BatchResult(TRACES_SCHEMA.empty_table(), block.rejects, counts), seen
-        frame = self._split(self._standard_frame(block.frame, file))
-        frame = self._canonical_tests(frame)
+        frame, type_rejects = _type_rejects(self._standard_frame(block.frame, file), block.rows, file)
+        rows = block.rows if type_rejects is None else block.rows[~np.isin(block.rows, type_rejects.column("row").to_numpy())]
+        frame = self._canonical_tests(self._split(frame))
         if "_keep" in frame.columns:
             frame = frame.rename({"_keep": "trace_metadata"})
         frame = frame.with_columns(pl.lit("import").alias("backend"))
@@ -186,10 +220,11 @@ class ImportTracesStage(_ImportBase):
             conform(frame.to_arrow(), TRACES_SCHEMA),
             TRACES_SCHEMA,
             file=file,
-            row_numbers=pa.array(block.rows, pa.int64()),
+            row_numbers=pa.array(rows, pa.int64()),
             required=["prompt", "trace_id", "problem_id", "teacher", "source", "domain", "backend"],
             allowed={"domain": DOMAINS, "finish_reason": FINISH_REASONS},
         )
+        rejects = pa.concat_tables([r for r in (type_rejects, rejects) if r is not None])
         for field in rejects.column("field").to_pylist():
             counts[f"rejected:{field}"] += 1
         out = pl.from_arrow(good)
@@ -219,7 +254,10 @@ class ImportProblemsStage(_ImportBase):
             if block.frame.height == 0:
                 yield BatchResult(PROBLEMS_SCHEMA.empty_table(), block.rejects, counts)
                 continue
-            frame = self._canonical_tests(self._standard_frame(block.frame, unit.path))
+            frame, type_rejects = _type_rejects(self._standard_frame(block.frame, unit.path), block.rows, unit.path)
+            rows = block.rows if type_rejects is None else block.rows[
+                ~np.isin(block.rows, type_rejects.column("row").to_numpy())]
+            frame = self._canonical_tests(frame)
             if "_keep" in frame.columns:
                 frame = frame.rename({"_keep": "metadata"})
             table = frame.to_arrow()
@@ -228,10 +266,11 @@ class ImportProblemsStage(_ImportBase):
                 conform(table, PROBLEMS_SCHEMA).select(PROBLEMS_SCHEMA.names),
                 PROBLEMS_SCHEMA,
                 file=unit.path,
-                row_numbers=pa.array(block.rows, pa.int64()),
+                row_numbers=pa.array(rows, pa.int64()),
                 required=["prompt", "problem_id", "source", "domain"],
                 allowed={"domain": DOMAINS},
             )
+            rejects = pa.concat_tables([r for r in (type_rejects, rejects) if r is not None])
             for field in rejects.column("field").to_pylist():
                 counts[f"rejected:{field}"] += 1
             out = pl.from_arrow(good)

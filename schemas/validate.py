@@ -105,7 +105,11 @@ def split_valid(
             [RowError(file, 0, c, "column is missing from the file") for c in missing]
         )
     bad_reason: dict[int, tuple[str, str]] = {}
-    for field in schema:
+    # Required fields are checked in the caller's order, so a row is reported for its root cause
+    # (a missing prompt) rather than for what follows from it (no id could be computed).
+    ordered = [schema.field(n) for n in required if n in schema.names]
+    ordered += [f for f in schema if f.name not in required]
+    for field in ordered:
         if field.name not in table.column_names:
             continue
         column = table.column(field.name)

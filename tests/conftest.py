@@ -1,0 +1,35 @@
+"""Shared fixtures. Tests build their inputs themselves; nothing is downloaded."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+DEMO_DATA = REPO / "curate" / "data" / "demo"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def write_jsonl(path: Path, rows: list, *, raw_lines: dict[int, str] | None = None) -> Path:
+    """Write rows as JSONL; `raw_lines` replaces given line numbers with raw text (malformed input)."""
+    lines = [json.dumps(r) for r in rows]
+    for i, text in (raw_lines or {}).items():
+        lines[i] = text
+    data = ("\n".join(lines) + "\n").encode()
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+    return path
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.skip(f"shared data folder {SHARED_DATA} is absent on this machine")
+    return SHARED_DATA
