@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
+
 from curate.generators.anatomy import merge_separate_reasoning, split_reasoning
 from curate.generators.presets import PRESETS, detect_preset, field_expr, preset_exprs
 from curate.generators.readers import RawBlock, plan_file_units, read_raw
 from curate.schemas.ids import problem_ids, trace_ids
 from curate.schemas.tables import DOMAINS, FINISH_REASONS, PROBLEMS_SCHEMA, TRACES_SCHEMA, conform
 from curate.schemas.validate import rejects_table, split_valid
-
 from curate.stage import BatchResult, SourceStage, StageConfig, WorkUnit
 
 # Standard names a mapping may target, with the polars type each is cast to.

@@ -20,8 +20,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
-from curate.schemas.validate import empty_rejects, rejects_table
 
+from curate.schemas.validate import empty_rejects, rejects_table
 from curate.stage import WorkUnit
 
 BLOCK_BYTES = 16 * 1024 * 1024

@@ -21,7 +21,7 @@ def test_problem_ids_are_stable_content_hashes_insensitive_to_whitespace():
     assert ids[0] == ids[1]
     assert ids[0] != ids[2]
     # the same text always gets the same id (a re-run or another source)
-    assert ids[0].as_py() == problem_ids(pa.array(["What is 1+1?"]))[0].as_py() == hashlib.sha256("problem/v1\x1fWhat is 1+1?".encode()).hexdigest()[:16]
+    assert ids[0].as_py() == problem_ids(pa.array(["What is 1+1?"]))[0].as_py() == hashlib.sha256(b"problem/v1\x1fWhat is 1+1?").hexdigest()[:16]
     assert len(ids[0].as_py()) == 16
 
 
