@@ -24,7 +24,8 @@ def stats_table(run_dir: Path) -> Table:
 
     table = Table(title=f"run {run_dir}")
     for col in ("step", "stage", "status", "rows in", "rows out", "rejected", "wall s", "counts"):
-        table.add_column(col, justify="right" if col.startswith(("rows", "rej", "wall")) else "left")
+        table.add_column(col, justify="right" if col.startswith(("rows", "rej", "wall")) else "left",
+                         no_wrap=col != "counts", overflow="fold")
     for step in list_steps(run_dir):
         m = step.manifest
         if m is None:

@@ -13,10 +13,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.io import ShardWriter, atomic_write_json, read_json, read_unit_batches, write_table
+from curate.io import ShardWriter, atomic_write_json, read_json, read_unit_batches, remove_tree, write_table
 from curate.manifest import UnitStats
 from curate.schemas.tables import PROBLEMS_SCHEMA, TRACES_SCHEMA, conform
-from curate.stage import BatchResult, SourceStage, Stage, WorkUnit
+from curate.stage import BatchResult, SourceStage, Stage, UnitContext, WorkUnit
 
 _BASE_SCHEMAS = {"traces": TRACES_SCHEMA, "problems": PROBLEMS_SCHEMA}
 
@@ -92,6 +92,8 @@ def execute_unit(stage: Stage, unit: WorkUnit, out_dir: Path) -> UnitStats:
     if unit_done(out_dir, unit):
         return UnitStats.model_validate(read_json(meta_path(out_dir, unit)))
     started = time.perf_counter()
+    scratch = out_dir / "_scratch" / unit.part_name
+    stage.unit_context = UnitContext(out_dir=out_dir, unit=unit, scratch=scratch)
     input_schema = None if isinstance(stage, SourceStage) else pq.read_schema(unit.path)
     main = _Shard(part_path(out_dir, unit), output_schema(stage, input_schema))
     sides: dict[str, _Shard] = {}
@@ -118,12 +120,15 @@ def execute_unit(stage: Stage, unit: WorkUnit, out_dir: Path) -> UnitStats:
         stats.wall_s = round(time.perf_counter() - started, 4)
         atomic_write_json(meta_path(out_dir, unit), stats.model_dump())
         main.close()
+        remove_tree(scratch)
         return stats
     except BaseException:
         main.abort()
         for shard in sides.values():
             shard.abort()
         raise
+    finally:
+        stage.unit_context = None
 
 
 def _collect(

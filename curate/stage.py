@@ -72,6 +72,17 @@ class BatchResult:
     side_outputs: dict[str, pa.Table] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class UnitContext:
+    """Where the unit being processed will land. `scratch` is a folder private to the unit that
+    survives a kill (e.g. a generator's append-only log of finished request keys, so a resumed
+    unit asks only for what is missing) and is removed once the unit's shard is committed."""
+
+    out_dir: Path
+    unit: WorkUnit
+    scratch: Path
+
+
 C = TypeVar("C", bound=StageConfig)
 TableName = Literal["traces", "problems"]
 
@@ -99,6 +110,8 @@ class Stage(Generic[C]):
     def __init__(self, config: C | None = None):
         self.config: C = config if config is not None else self.config_model()  # type: ignore[assignment]
         self.state: pa.Table | None = None
+        # Set by the runner while a unit is processed; None in in-memory use (curate.testing).
+        self.unit_context: UnitContext | None = None
 
     # -- declarations ------------------------------------------------------------------
     def output_fields(self) -> list[pa.Field]:
