@@ -115,7 +115,7 @@ def parse_pipeline(data: dict[str, Any], *, path: Path | None = None, text: str 
         except KeyError as exc:
             errors.append(f"{label}: {exc}")
             continue
-        step_id = raw.get("id") or raw["stage"]
+        step_id = raw.get("id") or cls.name
         if step_id in ids:
             errors.append(f"{label}: step id {step_id!r} is used twice; give one an 'id'")
             continue
