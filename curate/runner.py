@@ -104,16 +104,24 @@ def _fit(stage: Stage, units: list[WorkUnit], out_dir: Path) -> Path | None:
         return None
     path = out_dir / STATE
     if not path.exists():
-        columns = list(stage.fit_columns)
         files = sorted({u.path for u in units})
+        present = set(pq.read_schema(files[0]).names) if files else set()
+        columns = list(stage.fit_columns) + [c for c in stage.fit_optional_columns if c in present]
 
-        def batches():
-            for file in files:
-                yield from pq.ParquetFile(file).iter_batches(batch_size=65536, columns=columns)
-
-        state = stage.fit(batches())
+        state = stage.fit(_Rescan(files, columns))
         write_table(path, state if state is not None else pa.table({}))
     return path
+
+
+class _Rescan:
+    """The fit columns as record batches; iterable more than once (a fit may need two passes)."""
+
+    def __init__(self, files: list[str], columns: list[str]):
+        self.files, self.columns = files, columns
+
+    def __iter__(self):
+        for file in self.files:
+            yield from pq.ParquetFile(file).iter_batches(batch_size=65536, columns=self.columns)
 
 
 def _merge_rejects(out_dir: Path, units: list[WorkUnit]) -> None:

@@ -60,7 +60,8 @@ def _glob(path: Path) -> str:
 
 def connect(run_dir: Path) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
     """A DuckDB connection with a view per finished step (named after the step), `traces` and
-    `problems` (the latest state of each table), side outputs (`<step>_<name>`) and `rejects`."""
+    `problems` (the latest state of each table, every row with all its scores), `curated` (the
+    latest select output), side outputs (`<step>_<name>`) and `rejects`."""
     con = duckdb.connect()
     views: list[str] = []
     steps = [s for s in list_steps(run_dir) if s.complete and part_files(s.path)]
@@ -70,13 +71,19 @@ def connect(run_dir: Path) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
         if name in seen:
             name = f"s{step.index:02d}_{name}"
         seen.add(name)
-        con.execute(f"create view {name} as select * from read_parquet('{_glob(step.path)}', union_by_name=true)")
+        con.execute(f"create view \"{name}\" as select * from read_parquet('{_glob(step.path)}', union_by_name=true)")
         views.append(name)
         for side in sorted(p for p in step.path.iterdir() if p.is_dir() and part_files(p)):
             side_name = f"{name}_{_ident(side.name)}"
-            con.execute(f"create view {side_name} as select * from read_parquet('{_glob(side)}')")
+            con.execute(f"create view \"{side_name}\" as select * from read_parquet('{_glob(side)}')")
             views.append(side_name)
-    traces = [s for s in steps if s.table == "traces"]
+    # `traces`: the latest table with every row and all its scores (selection drops rows, so its
+    # output is `curated` instead).
+    selected = [s for s in steps if s.manifest and s.manifest.stage == "select"]
+    if selected:
+        con.execute(f"create view curated as select * from read_parquet('{_glob(selected[-1].path)}', union_by_name=true)")
+        views.append("curated")
+    traces = [s for s in steps if s.table == "traces" and s not in selected]
     problems = [s for s in steps if s.table == "problems"]
     if traces:
         con.execute(f"create view traces as select * from read_parquet('{_glob(traces[-1].path)}', union_by_name=true)")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Literal, TypeVar
@@ -103,6 +103,8 @@ class Stage(Generic[C]):
     requires: ClassVar[tuple[str, ...]] = ()
     score_namespace: ClassVar[str | None] = None
     fit_columns: ClassVar[tuple[str, ...]] = ()
+    # Read by `fit` when the input has them (e.g. verifier verdicts a survivor policy prefers).
+    fit_optional_columns: ClassVar[tuple[str, ...]] = ()
     resources: ClassVar[Resources] = Resources()
     # Rows handed to `process` at once; bounded so memory stays flat on any input size.
     batch_rows: ClassVar[int] = 8192
@@ -145,8 +147,9 @@ class Stage(Generic[C]):
     def teardown(self) -> None:
         """Called once per worker after its last batch."""
 
-    def fit(self, batches: Iterator[pa.RecordBatch]) -> pa.Table | None:
-        """Global step over `fit_columns` only; returns the state table `process` needs."""
+    def fit(self, batches: Iterable[pa.RecordBatch]) -> pa.Table | None:
+        """Global step over `fit_columns` only; returns the state table `process` needs.
+        ``batches`` may be iterated more than once (each pass re-reads the input)."""
         raise NotImplementedError(f"stage {self.name} declares fit_columns but no fit()")
 
     def load_state(self, state: pa.Table | None) -> None:

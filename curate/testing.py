@@ -18,7 +18,8 @@ def run_stage_in_memory(stage: Stage, table: pa.Table, *, batch_rows: int | None
     stage.setup()
     try:
         if stage.is_global:
-            state = stage.fit(iter(table.select(list(stage.fit_columns)).to_batches(max_chunksize=4096)))
+            columns = list(stage.fit_columns) + [c for c in stage.fit_optional_columns if c in table.column_names]
+            state = stage.fit(table.select(columns).to_batches(max_chunksize=4096))
             stage.load_state(state)
         size = batch_rows or stage.batch_rows
         outputs, rejects, counts = [], [empty_rejects()], Counter()
