@@ -15,6 +15,7 @@ def normalise_for_match(expr: pl.Expr) -> pl.Expr:
         .str.normalize("NFKC")
         .str.to_lowercase()
         .str.replace_all(r"\\[dt]frac", r"\\frac")
+        .str.replace_all(r"\\[dt]binom", r"\\binom")
         .str.replace_all(_LATEX_NOISE, " ")
         .str.replace_all(r"\s+", " ")
         .str.strip_chars()
