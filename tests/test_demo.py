@@ -16,19 +16,19 @@ def test_demo_runs_every_step_and_leaves_parquet_and_manifests(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = sorted(p.name for p in out.iterdir() if p.is_dir())
     assert steps == ["01-import", "02-verify_math", "03-verify_format", "04-dedup_exact", "05-dedup_minhash",
-                     "06-difficulty", "07-decontaminate", "08-select"]
+                     "06-dedup_semantic", "07-difficulty", "08-decontaminate", "09-select"]
     for step in steps:
         manifest = json.loads((out / step / "_manifest.json").read_text())
         assert manifest["status"] == "complete"
         assert list((out / step).glob("part-*.parquet"))
-    scored = pl.read_parquet(out / "07-decontaminate" / "part-*.parquet")
+    scored = pl.read_parquet(out / "08-decontaminate" / "part-*.parquet")
     assert scored.height == 1080  # scoring stages never drop a row
-    assert {"math__verdict", "format__ok", "exact__is_first", "minhash__cluster_id", "difficulty__bucket", "decon__benchmark"} <= set(
+    assert {"math__verdict", "format__ok", "exact__is_first", "minhash__cluster_id", "semantic__cluster_id", "difficulty__bucket", "decon__benchmark"} <= set(
         scored.columns)
-    select = json.loads((out / "08-select" / "_manifest.json").read_text())
+    select = json.loads((out / "09-select" / "_manifest.json").read_text())
     funnel = select["summary"]["funnel"]
     assert funnel[0] == {"rule": "input", "rows_left": 1080}
-    curated = pl.read_parquet(out / "08-select" / "part-*.parquet")
+    curated = pl.read_parquet(out / "09-select" / "part-*.parquet")
     assert funnel[-1]["rows_left"] == curated.height == select["rows_out"]
     # the policy's rules hold on the output
     assert (curated["math__verdict"] == "correct").all() and curated["format__ok"].all()
