@@ -98,7 +98,10 @@ def _load_plugins() -> None:
     for name in PLUGINS:
         if importlib.util.find_spec(name) is None:
             continue
-        importlib.import_module(name).register(app)
+        try:
+            importlib.import_module(name).register(app)
+        except Exception as exc:  # a broken optional family must not take `curate run` down with it
+            logging.getLogger("curate").warning("commands from %s are unavailable: %s", name, exc)
 
 
 _built = False
