@@ -156,16 +156,21 @@ def _command(cls: type[Stage]):
                               default=typer.Option(None, "--input",
                                                    help="Read this step folder or Parquet path instead of the run's latest step.")),
         ]
-    params += [_parameter(f, model.model_fields[f]) for f in fields]
-    params += [
-        inspect.Parameter("workers", inspect.Parameter.KEYWORD_ONLY, annotation=int | None,
-                          default=typer.Option(None, help="Worker processes [default: all cores].")),
-        inspect.Parameter("engine", inspect.Parameter.KEYWORD_ONLY, annotation=str,
-                          default=typer.Option("local", help="local, inprocess or ray.")),
-    ]
+    reserved = {p.name for p in params}
+    params += [_parameter(f, model.model_fields[f]) for f in fields if f not in reserved]
+    # A config may define its own `workers` (e.g. a sandbox pool size); then it keeps that name
+    # and the runner uses its default number of worker processes.
+    common = {
+        "workers": (int | None, typer.Option(None, help="Worker processes [default: all cores].")),
+        "engine": (str, typer.Option("local", help="local, inprocess or ray.")),
+    }
+    runner_options = [name for name in common if name not in model.model_fields]
+    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=common[name][0],
+                                 default=common[name][1]) for name in runner_options]
 
     def command(**kwargs):
-        workers, engine = kwargs.pop("workers"), kwargs.pop("engine")
+        workers = kwargs.pop("workers") if "workers" in runner_options else None
+        engine = kwargs.pop("engine") if "engine" in runner_options else "local"
         if is_source:
             paths, out = kwargs.pop("paths"), kwargs.pop("out")
             kwargs["paths"] = [str(p) for p in paths]
