@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
-EXTRAS ?= dev,ray,static
+EXTRAS ?= dev,ray,static,train
 
 .PHONY: demo test install lint bench clean
 
