@@ -38,3 +38,8 @@ def test_demo_runs_every_step_and_leaves_parquet_and_manifests(tmp_path):
         "aime24": "aime24", "amc23": "amc23"}
     assert scored["decon__benchmark"].null_count() == 0
     assert "curate query" in proc.stdout
+    # the code half: every labelled variant gets its expected verdict in the sandbox
+    code = pl.read_parquet(tmp_path / "demo-code" / "03-verify_format" / "part-*.parquet").with_columns(
+        pl.col("trace_metadata").str.json_decode(pl.Struct({"expected_verdict": pl.Utf8})).struct.field(
+            "expected_verdict"))
+    assert code.height > 0 and (code["code__verdict"] == code["expected_verdict"]).all()
