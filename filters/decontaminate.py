@@ -1,173 +1,298 @@
-"""`curate decontaminate --against math500 --against aime24 ...`: benchmark overlap per row.
+"""`curate decontaminate RUN --against math500 --against aime24 ...`: benchmark overlap per row.
 
-* Text on both sides is normalised (NFKC, case, LaTeX spacing, `\\dfrac`, thousands separators,
-  `12.0` -> `12`) and tokenised into words, numbers and LaTeX command names.
-* An n-gram ladder: a benchmark item of L tokens is indexed with n = clamp(L // 3, 5, 13), so long
-  items use long n-grams (no chance hits) and shorter ones still produce several n-grams. Items
-  under `min_ngram_tokens` tokens are matched as an exact normalised substring instead.
-* A stop-list drops n-grams found in `stop_items` or more distinct benchmark items (formula and
-  template boilerplate such as "what is the value of"), which otherwise flag unrelated problems.
-* A row's score for an item is the share of the item's n-grams found in the row; the best item
-  above `threshold` is reported.
+Checks problems (`prompt`) and traces (`reasoning`, `answer`; `fields`) against the shipped
+benchmark registry (`filters/benchmarks.py`) or a user's files, with the methods of
+`filters/decon_index.py`: exact normalised match, an n-gram ladder (13-grams for long items,
+8-grams for shorter ones), a whole-run substring match for items too short for n-grams, number and
+LaTeX normalisation (`filters/ngrams.py`), a stop-list of n-grams common across the benchmarks and
+one of n-grams common across the training corpus itself, a number-agreement check, and an
+optional embedding-similarity pass for paraphrases.
 
-Columns: decon__benchmark, decon__item_id, decon__score, decon__method, decon__field (null when clean).
-Vectorised: hashed n-grams joined in polars; no Python loop per row.
+It is a global stage: `fit` streams only the checked text columns, matches each distinct text once
+(a prompt shared by 16 traces is checked once), counts benchmark n-grams across the corpus for the
+corpus stop-list, and keeps every hit in the state table (`_state.parquet`, keyed by a hash of the
+text). `process` joins the best hit onto each row.
+
+Columns (null when clean): decon__benchmark, decon__item_id, decon__score (exact/substring 1.0,
+n-gram coverage of the item, or cosine), decon__method (exact, substring, ngram8, ngram13,
+embedding), decon__field. `contamination_report(step_dir)` lists every hit with the training text
+and the benchmark text side by side.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
-from pydantic import Field
+import pyarrow.parquet as pq
+from pydantic import Field, field_validator
+from tqdm.auto import tqdm
 
 from curate.filters import benchmarks
-from curate.filters.text_norm import normalise_for_match
+from curate.filters.decon_index import BenchmarkIndex
 from curate.stage import BatchResult, Stage, StageConfig
 
-TOKEN = r"[a-z0-9]+|\\[a-z]+"
-# 0, 1 and 2 fill templates ("0 <= theta < 2 pi"); only other numbers tell two problems apart
-_DISTINCTIVE_NUMBER = r"^(?:[3-9]|[0-9]{2,})$"
+KEY_SEED = 23
+_METHOD_PRIORITY = {"exact": 0, "substring": 1, "embedding": 3}  # n-gram methods: 1 (by score)
+_TEXT_FIELDS = ("prompt", "reasoning", "answer")
+HIT_SCHEMA = {"field": pl.Utf8, "key": pl.UInt64, "rank": pl.Int32, "benchmark": pl.Utf8, "item_id": pl.Utf8,
+              "score": pl.Float64, "method": pl.Utf8, "text": pl.Utf8, "benchmark_text": pl.Utf8}
 
 
 class DecontaminateConfig(StageConfig):
-    against: list[str] = Field(["math500", "aime24", "aime25", "amc23", "gsm8k"],
-                               description="Benchmarks (registry names or PATH.jsonl:FIELD).")
-    fields: list[str] = Field(["prompt"], description="Row text checked: prompt, answer, reasoning.")
-    threshold: float = Field(0.5, description="Share of an item's n-grams a row must contain.")
-    min_ngram_tokens: int = Field(10, description="Items shorter than this are matched as substrings.")
-    min_substring_chars: int = Field(20, description="Shorter normalised items are too generic to match.")
-    stop_items: int = Field(5, description="n-grams in this many benchmark items or more are boilerplate.")
-    min_number_share: float = Field(0.8, description="Share of an item's numbers a row must contain: MATH-style "
-                                    "templates reuse the words with other numbers, and those are different problems.")
+    against: list[str] = Field(["math500", "math_test", "gsm8k", "aime24", "aime25", "amc23", "minerva",
+                                "olympiadbench"],
+                               description="Benchmarks: registry names, groups (math, code, aime, hmmt, all) or "
+                               "PATH[:TEXT_FIELD[:ID_FIELD]] (JSONL, JSON or Parquet).")
+    fields: list[str] = Field(["prompt", "reasoning"], description="Row texts checked: prompt, reasoning, answer.")
+    threshold: float = Field(0.8, gt=0, le=1, description="Share of an item's n-grams a text must contain.")
+    ladder: list[tuple[int, int]] = Field([(40, 13), (10, 8)],
+                                          description="(minimum item tokens, n) tiers: long items use long n-grams.")
+    min_substring_tokens: int = Field(4, ge=1, description="Items shorter than the smallest tier but at least this "
+                                      "long must appear whole (as a token run); shorter items only match exactly.")
+    substring_fields: list[str] = Field(["prompt"], description="Fields where short items may match as a substring "
+                                        "(a 5-token item inside a long trace is usually chance).")
+    stop_items: int = Field(5, ge=2, description="n-grams in this many distinct benchmark texts are boilerplate.")
+    corpus_stop_share: float = Field(0.01, gt=0, le=1, description="Benchmark n-grams found in this share of the "
+                                     "corpus's distinct texts are boilerplate too...")
+    corpus_stop_min: int = Field(50, ge=1, description="...and in at least this many texts.")
+    min_number_share: float = Field(0.9, ge=0, le=1, description="Share of an item's distinct numbers a text "
+                                    "must contain: a template with other numbers is another problem.")
+    embedding_threshold: float | None = Field(None, description="Cosine at and above which a text with no n-gram "
+                                              "hit is flagged (paraphrases); off when unset.")
+    embedding_model: str = Field("all-MiniLM-L6-v2", description="sentence-transformers model for the embedding pass.")
+    embedding_fields: list[str] = Field(["prompt"], description="Fields the embedding pass checks.")
+    report_chars: int = Field(4000, ge=100, description="Characters of each text kept in the report.")
+    chunk_rows: int = Field(20_000, ge=100, description="Distinct texts matched at once (bounds memory).")
+
+    @field_validator("fields", "substring_fields", "embedding_fields")
+    @classmethod
+    def _known_fields(cls, value: list[str]) -> list[str]:
+        unknown = [f for f in value if f not in _TEXT_FIELDS]
+        if unknown:
+            raise ValueError(f"unknown field(s) {unknown}: use {', '.join(_TEXT_FIELDS)}")
+        return value
+
+    @field_validator("against")
+    @classmethod
+    def _some_benchmark(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("give at least one benchmark")
+        return value
 
 
-def prepare(expr: pl.Expr) -> pl.Expr:
-    return (
-        normalise_for_match(expr)
-        .str.replace_all(r"(\d),(\d{3})", "$1$2")
-        .str.replace_all(r"(\d)\.0+\b", "$1")
-    )
+def text_keys(texts: pl.Series) -> pl.Series:
+    """uint64 key of each exact text (fit and process must agree; see `fingerprint`)."""
+    return texts.fill_null("").hash(seed=KEY_SEED).alias("key")
 
 
-def ngram_hashes(frame: pl.DataFrame, key: str, n_col: str) -> pl.DataFrame:
-    """(key, h) for every n-gram of `tokens`, n taken per row from `n_col`."""
-    exploded = frame.select(key, n_col, "tokens").explode("tokens").with_columns(
-        pl.int_range(pl.len()).over(key).alias("_pos"))
-    out = []
-    for n in exploded[n_col].unique().to_list():
-        part = exploded.filter(pl.col(n_col) == n)
-        grams = part.with_columns(
-            pl.concat_str([pl.col("tokens").shift(-i).over(key) for i in range(n)], separator=" ").alias("_g"))
-        out.append(grams.filter(pl.col("_g").is_not_null()).select(key, pl.lit(n).alias("n"),
-                                                                    pl.col("_g").hash(seed=3).alias("h")))
-    if not out:
-        return pl.DataFrame(schema={key: frame.schema[key], "n": pl.Int32, "h": pl.UInt64})
-    return pl.concat(out).with_columns(pl.col("n").cast(pl.Int32)).unique()
+def _method_rank(method: pl.Expr) -> pl.Expr:
+    return method.replace_strict(_METHOD_PRIORITY, default=1, return_dtype=pl.Int32)
 
 
 class DecontaminateStage(Stage[DecontaminateConfig]):
     name = "decontaminate"
-    version = "1"
+    version = "2"
     config_model = DecontaminateConfig
-    description = "Flag rows that overlap benchmark items (n-gram ladder, substring match for short items, stop-list)."
-    example = "curate decontaminate runs/demo --against math500 --against aime24 --against amc23"
+    description = ("Flag rows overlapping benchmark items: exact, n-gram ladder, short-item substring, stop-lists, "
+                   "number agreement, optional embeddings; a side-by-side report.")
+    example = ("curate decontaminate runs/demo --against math500 --against aime24 --against amc23 "
+               "--fields prompt --fields reasoning")
     cli = ("decontaminate",)
-    requires = ("prompt",)
     score_namespace = "decon"
-    batch_rows = 4096
+    batch_rows = 8192
+
+    # the columns read depend on the config: only the checked text fields
+    @property
+    def requires(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(self.config.fields)
+
+    @property
+    def fit_columns(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(self.config.fields)
 
     def output_fields(self) -> list[pa.Field]:
         return [pa.field(self.col("benchmark"), pa.string()), pa.field(self.col("item_id"), pa.string()),
                 pa.field(self.col("score"), pa.float64()), pa.field(self.col("method"), pa.string()),
                 pa.field(self.col("field"), pa.string())]
 
-    def setup(self) -> None:
+    def fingerprint(self) -> dict:
+        # the state is keyed by polars' string hash, stable only within one polars version
+        return {**super().fingerprint(), "text_key": f"polars-{pl.__version__}"}
+
+    # -- fit: match every distinct text once ----------------------------------------------------
+    def build_index(self) -> BenchmarkIndex:
         cfg = self.config
-        items = pl.concat([benchmarks.load(spec) for spec in cfg.against]).with_columns(
-            pl.int_range(pl.len()).alias("item"),
-            prepare(pl.col("text")).alias("norm"),
-        ).with_columns(pl.col("norm").str.extract_all(TOKEN).alias("tokens"))
-        items = items.with_columns(pl.col("tokens").list.len().alias("n_tokens"))
-        long_items = items.filter(pl.col("n_tokens") >= cfg.min_ngram_tokens).with_columns(
-            (pl.col("n_tokens") // 3).clip(5, 13).cast(pl.Int32).alias("n"))
-        grams = ngram_hashes(long_items, "item", "n")
-        common = grams.group_by("h").agg(pl.col("item").n_unique().alias("_items")).filter(
-            pl.col("_items") >= cfg.stop_items)
-        grams = grams.join(common, on="h", how="anti")
-        totals = grams.group_by("item").len(name="total")
-        self._index = grams.join(totals, on="item")
-        self._ns = sorted(self._index["n"].unique().to_list())
-        self._items = items.select("item", "benchmark", "item_id")
-        # short items match as a run of whole tokens (punctuation-insensitive substring)
-        short = items.with_columns((" " + pl.col("tokens").list.join(" ") + " ").alias("norm")).filter(
-            (pl.col("n_tokens") < cfg.min_ngram_tokens) & (pl.col("norm").str.len_chars() >= cfg.min_substring_chars))
-        self._short = short.select("item", "norm")
-        self._stop_count = common.height
-        self._numbers = items.select("item", pl.col("tokens").list.eval(
-            pl.element().filter(pl.element().str.contains(_DISTINCTIVE_NUMBER))).list.unique().alias("num")).explode(
-            "num").drop_nulls()
+        return BenchmarkIndex(benchmarks.load_many(cfg.against), ladder=list(cfg.ladder),
+                              min_substring_tokens=cfg.min_substring_tokens, stop_items=cfg.stop_items)
 
-    def _check(self, texts: pl.Series) -> pl.DataFrame:
-        """Best match per distinct text: row, item, score, method."""
-        frame = pl.DataFrame({"text": texts}).with_row_index("row").with_columns(
-            prepare(pl.col("text")).alias("norm")).with_columns(pl.col("norm").str.extract_all(TOKEN).alias("tokens"))
-        hits = []
-        for n in self._ns:
-            grams = ngram_hashes(frame.with_columns(pl.lit(n).cast(pl.Int32).alias("n")), "row", "n")
-            matched = grams.join(self._index.filter(pl.col("n") == n), on=["h", "n"])
-            hits.append(matched.group_by("row", "item").agg(
-                (pl.col("h").n_unique() / pl.col("total").first()).alias("score")).with_columns(
-                pl.lit(f"ngram{n}").alias("method")))
-        if self._short.height:
-            patterns = self._short["norm"].to_list()
-            joined = " " + pl.col("tokens").list.join(" ") + " "
-            found = frame.select("row", joined.str.extract_many(patterns, overlapping=True).alias("m")).explode(
-                "m").drop_nulls("m")
-            if found.height:
-                hits.append(found.join(self._short.rename({"norm": "m"}), on="m").select(
-                    "row", "item", pl.lit(1.0).alias("score"), pl.lit("substring").alias("method")))
-        if not hits:
-            return pl.DataFrame(schema={"row": pl.UInt32, "item": pl.Int64, "score": pl.Float64, "method": pl.Utf8})
-        candidates = (pl.concat([h.with_columns(pl.col("row").cast(pl.UInt32), pl.col("item").cast(pl.Int64))
-                                 for h in hits])
-                      .filter(pl.col("score") >= self.config.threshold))
-        # numbers must agree: same words with other numbers is another problem of a template
-        row_numbers = frame.select(pl.col("row").cast(pl.UInt32), pl.col("tokens").list.eval(
-            pl.element().filter(pl.element().str.contains(_DISTINCTIVE_NUMBER))).alias("num")).explode("num").drop_nulls()
-        item_numbers = self._numbers.with_columns(pl.col("item").cast(pl.Int64))
-        share = (candidates.select("row", "item").join(item_numbers, on="item")
-                 .join(row_numbers.with_columns(pl.lit(True).alias("_has")), on=["row", "num"], how="left")
-                 .group_by("row", "item").agg((pl.col("_has").fill_null(False).sum() / pl.len()).alias("num_share")))
-        candidates = candidates.join(share, on=["row", "item"], how="left").filter(
-            pl.col("num_share").fill_null(1.0) >= self.config.min_number_share)
-        return candidates.sort("score", "item", descending=[True, False]).unique("row", keep="first")
+    def fit(self, batches) -> pa.Table:
+        cfg = self.config
+        index = self.build_index()
+        seen = {f: np.zeros(0, np.uint64) for f in cfg.fields}
+        hits, gram_rows, distinct = [], [], 0
+        embedder = _EmbeddingPass(index, cfg) if cfg.embedding_threshold is not None else None
+        bar = tqdm(desc="decontaminate: distinct texts", unit="texts", disable=None, leave=False)
+        for batch in batches:
+            frame = pl.from_arrow(pa.Table.from_batches([batch])) if isinstance(batch, pa.RecordBatch) else batch
+            for field in cfg.fields:
+                column = frame[field].cast(pl.Utf8).fill_null("")
+                texts = pl.DataFrame({"text": column, "key": text_keys(column)}).unique("key", maintain_order=True)
+                texts = texts.filter((pl.col("text") != "") & ~pl.col("key").is_in(pl.Series(seen[field]).implode()))
+                seen[field] = np.union1d(seen[field], texts["key"].to_numpy())
+                distinct += texts.height
+                for start in range(0, texts.height, cfg.chunk_rows):
+                    chunk = texts.slice(start, cfg.chunk_rows)
+                    hits.append(self._match_chunk(index, embedder, field, chunk, gram_rows))
+                    bar.update(chunk.height)
+        bar.close()
+        self._distinct = distinct
+        hits = [h for h in hits if h.height]
+        hits_df = pl.concat(hits, how="diagonal_relaxed") if hits else None
+        stop = self._corpus_stop(gram_rows, distinct)
+        self._corpus_stop_count = stop.height
+        self._benchmark_stop_count = index.stop.height
+        if hits_df is None or not hits_df.height:
+            return pl.DataFrame(schema=HIT_SCHEMA).to_arrow()
+        hits_df = self._rescore(hits_df, index, stop)
+        return self._state(hits_df, index)
 
+    def _match_chunk(self, index: BenchmarkIndex, embedder: _EmbeddingPass | None, field: str,
+                     chunk: pl.DataFrame, gram_rows: list[pl.DataFrame]) -> pl.DataFrame:
+        """Hits of one chunk of distinct texts (columns of HIT_SCHEMA but rank, plus item and grams)."""
+        cfg = self.config
+        found, present = index.match(chunk["text"])
+        gram_rows.append(present.group_by("n", "h").len("rows"))
+        if field not in cfg.substring_fields:
+            found = found.filter(pl.col("method") != "substring")
+        found = found.filter(pl.when(pl.col("method") == "exact").then(True)
+                             .when(pl.col("method") == "substring").then(pl.col("score") >= 1.0)
+                             .otherwise(pl.col("score") >= cfg.threshold))
+        found = index.numbers_agree(found, chunk["text"], cfg.min_number_share)
+        if embedder is not None and field in cfg.embedding_fields:
+            found = pl.concat([found, embedder.match(chunk["text"], exclude=found["row"])], how="diagonal_relaxed")
+        return found.with_columns(
+            pl.lit(field).alias("field"), chunk["key"].gather(found["row"]).alias("key"),
+            chunk["text"].gather(found["row"]).str.slice(0, cfg.report_chars).alias("text")).drop("row")
+
+    def _corpus_stop(self, gram_rows: list[pl.DataFrame], distinct: int) -> pl.DataFrame:
+        cfg = self.config
+        if not gram_rows:
+            return pl.DataFrame(schema={"n": pl.Int32, "h": pl.UInt64})
+        needed = max(cfg.corpus_stop_min, int(np.ceil(cfg.corpus_stop_share * distinct)))
+        return (pl.concat(gram_rows).group_by("n", "h").agg(pl.col("rows").sum())
+                .filter(pl.col("rows") >= needed).select("n", "h"))
+
+    def _rescore(self, hits: pl.DataFrame, index: BenchmarkIndex, stop: pl.DataFrame) -> pl.DataFrame:
+        """Drop corpus-common n-grams from both the matched grams and the item's total; this can
+        only remove n-gram hits (exact, substring and embedding hits do not use grams)."""
+        if not stop.height:
+            return hits
+        cfg = self.config
+        stop_set = stop["h"].implode()
+        totals = (index.grams.join(stop, on=["n", "h"], how="anti").group_by("item").len("total"))
+        is_ngram = pl.col("method").str.starts_with("ngram")
+        rescored = (hits.join(totals, on="item", how="left")
+                    .with_columns(pl.col("grams").list.set_difference(stop_set).list.len().alias("_m"))
+                    .with_columns(pl.when(is_ngram).then(pl.col("_m") / pl.col("total")).otherwise(pl.col("score"))
+                                  .fill_nan(0.0).fill_null(0.0).alias("score")))
+        return rescored.filter(~is_ngram | (pl.col("score") >= cfg.threshold)).drop("total", "_m")
+
+    def _state(self, hits: pl.DataFrame, index: BenchmarkIndex) -> pa.Table:
+        items = index.items.select("item", "benchmark", "item_id",
+                                   pl.col("text").str.slice(0, self.config.report_chars).alias("benchmark_text"))
+        ranked = (hits.join(items, on="item")
+                  .sort(["field", "key", _method_rank(pl.col("method")), "score", "item"],
+                        descending=[False, False, False, True, False])
+                  .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over("field", "key").alias("rank"))
+                  .unique(["field", "key", "item"], keep="first", maintain_order=True))
+        return ranked.select(list(HIT_SCHEMA)).cast(HIT_SCHEMA).to_arrow()
+
+    def summarize(self, counts: Counter) -> dict:
+        out = {"hits": {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("hit:")},
+               "methods": {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("method:")},
+               "fields": {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("field:")},
+               "benchmarks": benchmarks.expand(self.config.against)}
+        if hasattr(self, "_distinct"):
+            out.update(distinct_texts=self._distinct, benchmark_stoplist=self._benchmark_stop_count,
+                       corpus_stoplist=self._corpus_stop_count)
+        return out
+
+    # -- process: join the best hit of each field, keep the best field ------------------------------
     def process(self, batch: pa.Table) -> BatchResult:
         frame = pl.from_arrow(batch)
-        result = pl.DataFrame({"_i": range(frame.height)}, schema={"_i": pl.UInt32})
-        out_cols = {k: pl.lit(None, t) for k, t in (("benchmark", pl.Utf8), ("item_id", pl.Utf8),
-                                                      ("score", pl.Float64), ("method", pl.Utf8), ("field", pl.Utf8))}
-        found = None
-        for field in self.config.fields:
-            texts = frame[field].fill_null("")
-            distinct = texts.unique(maintain_order=True)
-            best = self._check(distinct).join(self._items, on="item").with_columns(pl.lit(field).alias("field"))
-            mapped = pl.DataFrame({"text": distinct}).with_row_index("row").join(best, on="row").drop("row")
-            per_row = pl.DataFrame({"_i": range(frame.height), "text": texts},
-                                   schema={"_i": pl.UInt32, "text": pl.Utf8}).join(mapped, on="text").drop("text")
-            found = per_row if found is None else pl.concat([found, per_row], how="diagonal_relaxed")
-        if found is not None and found.height:
-            found = found.sort("score", descending=True).unique("_i", keep="first")
-            result = result.join(found.select("_i", "benchmark", "item_id", "score", "method", "field"), on="_i",
-                                 how="left")
-        else:
-            result = result.with_columns(**out_cols)
-        result = result.sort("_i")
+        state = pl.from_arrow(self.state) if self.state is not None and self.state.num_rows else \
+            pl.DataFrame(schema=HIT_SCHEMA)
+        best = state.filter(pl.col("rank") == 1)
+        per_field = []
+        for order, field in enumerate(self.config.fields):
+            keyed = pl.DataFrame({"_i": np.arange(frame.height, dtype=np.int64), "key": text_keys(frame[field])})
+            joined = keyed.join(best.filter(pl.col("field") == field), on="key")
+            per_field.append(joined.with_columns(pl.lit(order).alias("_order")))
+        found = (pl.concat(per_field).sort(["_i", _method_rank(pl.col("method")), "score", "_order"],
+                                           descending=[False, False, True, False])
+                 .unique("_i", keep="first"))
+        result = pl.DataFrame({"_i": np.arange(frame.height, dtype=np.int64)}).join(
+            found, on="_i", how="left", maintain_order="left")
         out = batch
-        for name in ("benchmark", "item_id", "score", "method", "field"):
-            out = out.append_column(self.col(name), result[name].to_arrow().cast(
-                pa.float64() if name == "score" else pa.string()))
-        counts = Counter(f"hit:{b}" for b in result["benchmark"].drop_nulls().to_list())
+        for name, kind in (("benchmark", pa.string()), ("item_id", pa.string()), ("score", pa.float64()),
+                           ("method", pa.string()), ("field", pa.string())):
+            out = out.append_column(self.col(name), result[name].to_arrow().cast(kind))
+        counts: Counter[str] = Counter()
+        for prefix, column in (("hit", "benchmark"), ("method", "method"), ("field", "field")):
+            counts.update({f"{prefix}:{k}": v for k, v in found.group_by(column).len().rows()})
+        counts["flagged"] = found.height
         return BatchResult(out, counts=counts)
+
+
+class _EmbeddingPass:
+    """Cosine of each text to its nearest benchmark item (exact inner product: benchmarks are
+    small), for texts with no n-gram hit."""
+
+    def __init__(self, index: BenchmarkIndex, cfg: DecontaminateConfig):
+        from curate.filters.embeddings import embed_texts
+
+        self._embed = lambda texts: embed_texts(texts, model=cfg.embedding_model)
+        self._threshold = cfg.embedding_threshold
+        self._items = self._embed(index.items["text"].to_list())
+
+    def match(self, texts: pl.Series, *, exclude: pl.Series) -> pl.DataFrame:
+        rows = np.setdiff1d(np.arange(len(texts)), exclude.to_numpy())
+        if not len(rows):
+            return pl.DataFrame(schema={"row": pl.Int64, "item": pl.Int64, "score": pl.Float64, "method": pl.Utf8})
+        vectors = self._embed(texts.gather(rows).to_list())
+        sims = vectors @ self._items.T
+        best = sims.argmax(axis=1)
+        score = sims[np.arange(len(rows)), best]
+        keep = score >= self._threshold
+        return pl.DataFrame({"row": rows[keep].astype(np.int64), "item": best[keep].astype(np.int64),
+                             "score": score[keep].astype(np.float64), "method": ["embedding"] * int(keep.sum())})
+
+
+def contamination_report(step_dir: str | Path) -> pa.Table:
+    """Every hit of a finished decontaminate step, best first, with the training text and the
+    benchmark text side by side: field, benchmark, item_id, method, score, rank (1 = the hit shown
+    in the row's columns), rows (rows of the step holding that text), text, benchmark_text."""
+    step_dir = Path(step_dir)
+    state_path = step_dir / "_state.parquet"
+    if not state_path.exists():
+        raise FileNotFoundError(f"{step_dir} has no _state.parquet: is it a finished decontaminate step?")
+    hits = pl.read_parquet(state_path)
+    if not hits.height:
+        return pl.DataFrame(schema={**HIT_SCHEMA, "rows": pl.UInt32}).drop("key").to_arrow()
+    parts = sorted(step_dir.glob("part-*.parquet"))
+    counted = []
+    for field in hits["field"].unique().to_list():
+        for part in parts:
+            if field in pq.read_schema(part).names:
+                column = pl.read_parquet(part, columns=[field])[field]
+                counted.append(pl.DataFrame({"field": field, "key": text_keys(column)}))
+    rows = (pl.concat(counted).group_by("field", "key").len("rows") if counted
+            else pl.DataFrame(schema={"field": pl.Utf8, "key": pl.UInt64, "rows": pl.UInt32}))
+    return (hits.join(rows, on=["field", "key"], how="left")
+            .sort(["benchmark", "item_id", "rank", "score"], descending=[False, False, False, True])
+            .select("field", "benchmark", "item_id", "method", "score", "rank", "rows", "text", "benchmark_text")
+            .to_arrow())

@@ -1,185 +1,299 @@
-"""`curate select --policy FILE`: apply a declarative policy over the score columns.
+"""`curate select RUN --policy FILE`: apply a declarative policy (`filters/policy.py`) over the score
+columns. The only stage that drops rows.
 
-The only stage that drops rows. It is global over the score columns alone, so changing a
-threshold and re-selecting takes seconds. Rules apply in a fixed order and the funnel (rows left
-after each rule) goes to the manifest. A policy that needs a column the run lacks is an error
-naming the rule and the column, before anything is written.
-
-```yaml
-require_verified: true          # math__verdict == correct or code__verdict == pass
-require_format_ok: true         # format__ok
-drop_contaminated: true         # decon__benchmark is null
-drop_duplicates: [exact, minhash, semantic]   # keep exact__is_first / *__is_survivor
-drop_difficulty: [trivial]      # difficulty__bucket values to drop (problems every teacher solves)
-max_per_problem: 2              # shortest verified traces first
-max_problems: 1000              # budget: hard before medium before easy, spread over clusters and domains
-negatives: true                 # side output: wrong traces of kept problems, paired with a kept one
-```
+It is a global stage whose fit reads only the columns the policy's rules name (ids, verdicts,
+score columns, token counts; never the trace text unless `pick: diverse` asks for it), so changing a
+threshold and re-selecting a million traces takes seconds. The fit decides every trace once:
+`select__dropped_by` (the first rule that dropped it, null when kept) and, for a negative,
+`select__positive_trace_id` (a kept trace of the same problem). That decision table is the step's
+`_state.parquet`; `process` joins it onto each batch, writes the kept rows and the negatives side
+output (`<step>/negatives/part-*.parquet`: wrong traces of kept problems, each paired with a right
+one, as REDI trains on). The funnel (rows left after each rule, in order) goes to the manifest
+summary, from per-batch `drop:<rule>` counters.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Literal
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
-import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, field_validator
 
-from curate.filters.verdicts import VERIFIED, checked_expr, verified_expr
+from curate.filters import policy as pol
+from curate.filters.verdicts import checked_expr, verified_expr
 from curate.stage import BatchResult, Stage, StageConfig
 
-_DUP_COLUMNS = {"exact": "exact__is_first", "minhash": "minhash__is_survivor", "semantic": "semantic__is_survivor"}
-_BUCKET_PRIORITY = {"hard": 0, "medium": 1, "easy": 2, "unsolved": 3, "trivial": 4, "unknown": 5}
-
-
-class Policy(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    require_verified: bool = True
-    require_format_ok: bool = False
-    drop_contaminated: bool = False
-    drop_duplicates: list[Literal["exact", "minhash", "semantic"]] = []
-    drop_difficulty: list[str] = []
-    max_per_problem: int | None = Field(None, ge=1)
-    max_problems: int | None = Field(None, ge=1)
-    negatives: bool = True
+PolicyError = pol.PolicyError
+_NEGATIVE = "select__positive_trace_id"
 
 
 class SelectConfig(StageConfig):
-    policy: str | dict = Field("pipelines/policies/default.yaml", description="Policy YAML path, or the policy inline.")
+    policy: str | dict = Field("pipelines/policies/default.yaml",
+                               description="Policy YAML file, or the policy inline (JSON on the command line).")
 
-    def load(self) -> Policy:
-        if isinstance(self.policy, dict):
-            return Policy.model_validate(self.policy)
-        path = Path(self.policy)
-        if not path.exists():
-            raise FileNotFoundError(f"policy file {path} does not exist")
-        return Policy.model_validate(yaml.safe_load(path.read_text()) or {})
+    @field_validator("policy")
+    @classmethod
+    def _valid(cls, value: str | dict) -> str | dict:
+        if isinstance(value, dict):
+            pol.load_policy(value)  # an inline policy is checked when the config is built
+        return value
 
-    def model_post_init(self, _ctx) -> None:
-        if isinstance(self.policy, dict):
-            Policy.model_validate(self.policy)
-
-
-class PolicyError(ValueError):
-    pass
+    def load(self) -> pol.Policy:
+        return pol.load_policy(self.policy)
 
 
 class SelectStage(Stage[SelectConfig]):
     name = "select"
-    version = "1"
+    version = "2"
     config_model = SelectConfig
-    description = "Apply a selection policy over the score columns: the curated set, a funnel, and negatives."
+    description = ("Apply a selection policy over the score columns: the curated set, a funnel per rule, and "
+                   "negatives paired with positives.")
     example = "curate select runs/demo --policy pipelines/policies/default.yaml"
     cli = ("select",)
     requires = ("trace_id", "problem_id")
-    fit_columns = ("trace_id", "problem_id", "teacher", "domain", "reasoning", "answer")
-    fit_optional_columns = (*VERIFIED, "format__ok", "decon__benchmark", *_DUP_COLUMNS.values(),
-                            "difficulty__bucket", "semantic__cluster_id")
+    fit_columns = ("trace_id", "problem_id")
     score_namespace = "select"
+
+    @property
+    def policy(self) -> pol.Policy:
+        if not hasattr(self, "_policy"):
+            self._policy = self.config.load()
+        return self._policy
+
+    @property
+    def fit_optional_columns(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(c for c in pol.all_columns(self.policy) if c not in self.fit_columns)
+
+    def output_fields(self) -> list[pa.Field]:
+        return []  # kept rows leave with the columns they came with
 
     def fingerprint(self) -> dict:
         # a policy file's content, not its path, decides whether selection must re-run
-        fp = super().fingerprint()
-        fp["policy"] = self.config.load().model_dump(mode="json")
-        return fp
+        return {**super().fingerprint(), "policy": self.policy.model_dump(mode="json")}
 
-    def _rules(self, policy: Policy, columns: list[str]) -> list[tuple[str, pl.Expr | None, list[str]]]:
-        """(rule, keep expression or None for the ranking rules, columns it needs)."""
-        rules: list[tuple[str, pl.Expr | None, list[str]]] = []
-        if policy.require_verified:
-            if not any(c in columns for c in VERIFIED):
-                raise PolicyError("rule require_verified needs math__verdict or code__verdict; run a verifier first")
-            rules.append(("require_verified", verified_expr(columns), []))
-        if policy.require_format_ok:
-            rules.append(("require_format_ok", pl.col("format__ok").fill_null(False), ["format__ok"]))
-        if policy.drop_contaminated:
-            rules.append(("drop_contaminated", pl.col("decon__benchmark").is_null(), ["decon__benchmark"]))
-        for kind in policy.drop_duplicates:
-            col = _DUP_COLUMNS[kind]
-            rules.append((f"drop_duplicates:{kind}", pl.col(col).fill_null(True), [col]))
-        if policy.drop_difficulty:
-            rules.append(("drop_difficulty", ~pl.col("difficulty__bucket").is_in(policy.drop_difficulty),
-                          ["difficulty__bucket"]))
-        if policy.max_per_problem:
-            rules.append(("max_per_problem", None, []))
-        if policy.max_problems:
-            rules.append(("max_problems", None, []))
-        for rule, _expr, needed in rules:
-            missing = [c for c in needed if c not in columns]
-            if missing:
-                raise PolicyError(f"rule {rule} needs column {', '.join(missing)}, which this run does not have "
-                                  f"(run the stage that writes it, or remove the rule)")
-        return rules
-
+    # -- fit: decide every trace ----------------------------------------------------------------
     def fit(self, batches) -> pa.Table:
-        policy = self.config.load()
-        frame = pl.concat([pl.from_arrow(pa.Table.from_batches([b])) for b in batches], how="diagonal_relaxed")
+        policy = self.policy
+        frames = []
+        for batch in batches:
+            frame = pl.from_arrow(pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch)
+            if not frames:
+                pol.check_columns(policy, frame.columns)  # before any work
+            frames.append(frame)
+        if not frames:
+            return pa.table({"trace_id": pa.array([], pa.string()), self.col("dropped_by"): pa.array([], pa.string()),
+                             _NEGATIVE: pa.array([], pa.string())})
+        frame = pl.concat(frames, how="diagonal_relaxed")
         columns = frame.columns
-        rules = self._rules(policy, columns)
+        length_cols = [c for c in pol.length_columns(policy, columns) if c in columns]
         frame = frame.with_columns(
-            (pl.col("reasoning").fill_null("").str.len_chars() + pl.col("answer").fill_null("").str.len_chars())
-            .alias("_len"),
-            pl.lit(None, pl.Utf8).alias("_dropped_by"),
-        )
+            (pl.coalesce([pl.col(c).cast(pl.Float64) for c in length_cols]) if length_cols
+             else pl.lit(None, pl.Float64)).alias("_len"),
+            pl.lit(None, pl.Utf8).alias("_dropped_by"))
         funnel = [("input", frame.height)]
-        for rule, expr, _ in rules:
-            alive = pl.col("_dropped_by").is_null()
-            if rule == "max_per_problem":
-                rank = pl.col("_len").rank("ordinal").over("problem_id", pl.col("_dropped_by").is_null())
-                expr = rank <= policy.max_per_problem
-            elif rule == "max_problems":
-                expr = pl.col("problem_id").is_in(self._budget(frame.filter(alive), policy.max_problems).implode())
-            frame = frame.with_columns(
-                pl.when(alive & ~expr.fill_null(False)).then(pl.lit(rule)).otherwise(pl.col("_dropped_by"))
-                .alias("_dropped_by"))
-            funnel.append((rule, frame.filter(pl.col("_dropped_by").is_null()).height))
-        kept = frame.filter(pl.col("_dropped_by").is_null())
-        negatives = pl.lit(None, pl.Utf8)
-        if policy.negatives and any(c in columns for c in VERIFIED):
-            positive = kept.sort("_len").group_by("problem_id").agg(pl.col("trace_id").first().alias("_pos"))
-            frame = frame.join(positive, on="problem_id", how="left")
-            negatives = pl.when(checked_expr(columns) & ~verified_expr(columns)).then(pl.col("_pos"))
+        for rule in policy.rules:
+            name = pol.rule_name(rule)
+            alive = frame["_dropped_by"].is_null()
+            keep = self._keep(rule, frame, alive, policy).fill_null(True)
+            frame = frame.with_columns(pl.when(alive & ~keep).then(pl.lit(name)).otherwise(pl.col("_dropped_by"))
+                                       .alias("_dropped_by"))
+            funnel.append((name, int(frame["_dropped_by"].is_null().sum())))
         self._funnel = funnel
-        return frame.select(
-            "trace_id",
-            pl.col("_dropped_by").alias(self.col("dropped_by")),
-            negatives.alias(self.col("positive_trace_id")),
-        ).to_arrow()
+        positive = self._negatives(frame, policy)
+        return frame.select("trace_id", pl.col("_dropped_by").alias(self.col("dropped_by")),
+                            positive.alias(_NEGATIVE)).to_arrow()
 
-    @staticmethod
-    def _budget(frame: pl.DataFrame, n: int) -> pl.Series:
-        """n problems: harder buckets first, then round-robin over semantic clusters and domains."""
-        problems = frame.group_by("problem_id").agg(
-            pl.col("domain").first(),
-            (pl.col("difficulty__bucket").first() if "difficulty__bucket" in frame.columns else pl.lit("unknown"))
-            .alias("bucket"),
-            (pl.col("semantic__cluster_id").first() if "semantic__cluster_id" in frame.columns
-             else pl.col("problem_id").first()).alias("cluster"),
-        )
-        ranked = problems.with_columns(
-            pl.col("bucket").replace_strict(_BUCKET_PRIORITY, default=9).alias("_b"),
-            pl.col("problem_id").rank("ordinal").over("cluster").alias("_in_cluster"),
-            pl.col("problem_id").rank("ordinal").over("domain").alias("_in_domain"),
-        ).sort("_in_cluster", "_b", "_in_domain", "problem_id")
-        return ranked.head(n)["problem_id"]
+    def _keep(self, rule, frame: pl.DataFrame, alive: pl.Series, policy: pol.Policy) -> pl.Series:
+        cols = frame.columns
+
+        def ev(expr: pl.Expr) -> pl.Series:
+            return frame.select(expr.alias("k"))["k"]
+
+        if isinstance(rule, pol.Verified):
+            return ev(verified_expr(cols))
+        if isinstance(rule, pol.FormatOk):
+            return ev(pl.col("format__ok").fill_null(False))
+        if isinstance(rule, pol.NotContaminated):
+            hit = pl.col("decon__benchmark").is_not_null()
+            if rule.fields:
+                hit = hit & pl.col("decon__field").is_in(rule.fields)
+            if rule.methods:
+                hit = hit & pl.col("decon__method").is_in(rule.methods)
+            if rule.min_score:
+                hit = hit & (pl.col("decon__score") >= rule.min_score)
+            # a problem is contaminated when any of its rows is (a trace reciting a benchmark item too)
+            return ev(~hit.fill_null(False).any().over("problem_id"))
+        if isinstance(rule, pol.Survivors):
+            return ev(pl.all_horizontal([pl.col(pol.DUP_COLUMNS[m]).fill_null(True) for m in rule.methods]))
+        if isinstance(rule, pol.DropSolvedByAll):
+            solved, teachers = pl.col("difficulty__solved_by"), pl.col("difficulty__teachers")
+            return ev(~((solved >= teachers) & (teachers >= rule.min_teachers)).fill_null(False))
+        if isinstance(rule, pol.DropBuckets):
+            return ev(~pl.col("difficulty__bucket").fill_null("unknown").is_in(rule.buckets))
+        if isinstance(rule, pol.Where):
+            return ev(_where(rule))
+        if isinstance(rule, pol.LengthBudget):
+            budget = pl.col("difficulty__bucket").fill_null("unknown").replace_strict(
+                rule.tokens, default=rule.default, return_dtype=pl.Float64)
+            return ev(budget.is_null() | pl.col("_len").is_null() | (pl.col("_len") <= budget))
+        if isinstance(rule, pol.PerProblem):
+            if rule.pick == "diverse":
+                return _diverse(frame, alive, rule)
+            order = frame.with_columns(alive.alias("_alive")).with_row_index("_r").sort(
+                "_len", "trace_id", nulls_last=True)
+            rank = order.with_columns(pl.int_range(1, pl.len() + 1).over("problem_id", "_alive").alias("_rank"))
+            return rank.sort("_r")["_rank"] <= rule.max
+        if isinstance(rule, pol.Budget):
+            chosen = _budget(frame.filter(alive), rule)
+            return frame["problem_id"].is_in(chosen.implode())
+        raise PolicyError(f"unknown rule {rule!r}")
+
+    def _negatives(self, frame: pl.DataFrame, policy: pol.Policy) -> pl.Series:
+        """For each wrong trace of a kept problem (up to max_per_problem), a kept trace to pair with."""
+        cols = frame.columns
+        if not policy.negatives or not any(c in cols for c in ("math__verdict", "code__verdict")):
+            return pl.Series(_NEGATIVE, [None] * frame.height, pl.Utf8)
+        wrong = checked_expr(cols) & ~verified_expr(cols)
+        if "format_ok" in policy.negatives.require:
+            wrong = wrong & pl.col("format__ok").fill_null(False)
+        if "not_contaminated" in policy.negatives.require:
+            wrong = wrong & pl.col("decon__benchmark").is_null()
+        kept = frame.filter(pl.col("_dropped_by").is_null()).sort("_len", "trace_id", nulls_last=True).select(
+            "problem_id", pl.col("trace_id").alias("_pos"),
+            pl.int_range(pl.len()).over("problem_id").alias("_k"), pl.len().over("problem_id").alias("_of"))
+        candidates = (frame.with_row_index("_r").filter(wrong).sort("_len", "trace_id", nulls_last=True)
+                      .with_columns(pl.int_range(pl.len()).over("problem_id").alias("_j"))
+                      .filter(pl.col("_j") < policy.negatives.max_per_problem))
+        # round-robin over the problem's kept traces: negative j pairs with positive j mod kept
+        paired = (candidates.join(kept.select("problem_id", "_of").unique("problem_id"), on="problem_id")
+                  .with_columns((pl.col("_j") % pl.col("_of")).alias("_k"))
+                  .join(kept.select("problem_id", "_k", "_pos"), on=["problem_id", "_k"]))
+        out = pl.DataFrame({"_r": np.arange(frame.height, dtype=np.uint32)}).join(
+            paired.select("_r", "_pos"), on="_r", how="left", maintain_order="left")
+        return out["_pos"].alias(_NEGATIVE)
 
     def summarize(self, counts: Counter) -> dict:
-        funnel = getattr(self, "_funnel", [])
-        return {"funnel": [{"rule": r, "rows_left": n} for r, n in funnel]}
+        names = self.policy.rule_names()
+        total = counts.get("select:in", 0)
+        if not total and hasattr(self, "_funnel"):
+            return {"funnel": [{"rule": r, "rows_left": n} for r, n in self._funnel]}
+        funnel, left = [{"rule": "input", "rows_left": total}], total
+        for name in names:
+            dropped = counts.get(f"drop:{name}", 0)
+            left -= dropped
+            funnel.append({"rule": name, "dropped": dropped, "rows_left": left})
+        return {"funnel": funnel, "kept": counts.get("kept", 0), "negatives": counts.get("negatives", 0)}
 
+    # -- process: join the decisions ------------------------------------------------------------
     def process(self, batch: pa.Table) -> BatchResult:
-        joined = pl.from_arrow(batch).join(pl.from_arrow(self.state), on="trace_id", how="left", maintain_order="left")
+        state = pl.from_arrow(self.state)
+        joined = pl.from_arrow(batch).join(state, on="trace_id", how="left", maintain_order="left")
         dropped = self.col("dropped_by")
-        counts = Counter(f"drop:{r}" for r in joined[dropped].drop_nulls().to_list())
-        keep = joined.filter(pl.col(dropped).is_null()).drop(dropped, self.col("positive_trace_id"))
-        sides = {}
-        negatives = joined.filter(pl.col(self.col("positive_trace_id")).is_not_null()).drop(dropped)
-        if negatives.height:
-            sides["negatives"] = negatives.to_arrow()
-        counts["kept"] = keep.height
-        counts["negatives"] = negatives.height
+        counts: Counter[str] = Counter({f"drop:{r}": n for r, n in
+                                        joined.filter(pl.col(dropped).is_not_null()).group_by(dropped).len().rows()})
+        keep = joined.filter(pl.col(dropped).is_null()).drop(dropped, _NEGATIVE)
+        negatives = joined.filter(pl.col(_NEGATIVE).is_not_null()).drop(dropped)
+        counts.update({"select:in": joined.height, "kept": keep.height, "negatives": negatives.height})
+        sides = {"negatives": negatives.to_arrow()} if negatives.height else {}
         return BatchResult(keep.to_arrow(), counts=counts, side_outputs=sides)
+
+
+def _where(rule: pol.Where) -> pl.Expr:
+    col = pl.col(rule.column)
+    expr = pl.lit(True)
+    if rule.min is not None:
+        expr = expr & (col >= rule.min)
+    if rule.max is not None:
+        expr = expr & (col <= rule.max)
+    if rule.equals is not None:
+        expr = expr & (col == rule.equals)
+    if rule.isin is not None:
+        expr = expr & col.is_in(rule.isin)
+    if rule.not_null:
+        expr = expr & col.is_not_null()
+    # a null value fails a condition on it
+    return expr.fill_null(False)
+
+
+def _diverse(frame: pl.DataFrame, alive: pl.Series, rule: pol.PerProblem) -> pl.Series:
+    """Per problem, the most diverse `max` traces: start from the shortest, then repeatedly add the
+    trace farthest (cosine) from those already chosen. Only problems over the cap are embedded."""
+    from curate.filters.embeddings import embed_texts
+
+    rows = frame.with_row_index("_r").filter(alive).with_columns(pl.len().over("problem_id").alias("_n"))
+    keep = np.ones(frame.height, np.bool_)
+    over = rows.filter(pl.col("_n") > rule.max).sort("problem_id", "_len", "trace_id", nulls_last=True)
+    if not over.height:
+        return pl.Series(keep)
+    vectors = embed_texts(over[rule.field].fill_null("").to_list(), model=rule.model)
+    keep[over["_r"].to_numpy()] = False
+    ids = over["_r"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, over["problem_id"].to_numpy()[1:] != over["problem_id"].to_numpy()[:-1]])
+    bounds = np.r_[starts, over.height]
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):  # per problem (not per row): a few traces each
+        group = vectors[lo:hi]
+        chosen = [0]
+        nearest = 1 - group @ group[0]
+        while len(chosen) < rule.max:
+            nearest[chosen] = -np.inf
+            pick = int(np.argmax(nearest))
+            chosen.append(pick)
+            nearest = np.minimum(nearest, 1 - group @ group[pick])
+        keep[ids[lo + np.array(chosen)]] = True
+    return pl.Series(keep)
+
+
+def _budget(frame: pl.DataFrame, rule: pol.Budget) -> pl.Series:
+    """`rule.problems` problem ids: round-robin across strata (spread columns, embedding clusters),
+    within a stratum preferred difficulty first, then quality, then a seeded hash (reproducible)."""
+    cols = frame.columns
+    aggs = [pl.col(c).drop_nulls().first().alias(c) for c in rule.spread]
+    if "difficulty__bucket" in cols:
+        aggs.append(pl.col("difficulty__bucket").drop_nulls().first().alias("_bucket"))
+    if rule.quality:
+        aggs.append(pl.col(rule.quality).max().alias("_quality"))
+    if rule.clusters:
+        aggs.append(pl.col("prompt").first().alias("_prompt"))
+    problems = frame.group_by("problem_id").agg(aggs) if aggs else frame.select("problem_id").unique()
+    prefer = {b: i for i, b in enumerate(rule.prefer)}
+    problems = problems.with_columns(
+        (pl.col("_bucket") if "_bucket" in problems.columns else pl.lit("unknown"))
+        .fill_null("unknown").replace_strict(prefer, default=len(prefer)).alias("_pref"),
+        (pl.col("_quality") if "_quality" in problems.columns else pl.lit(0.0)).cast(pl.Float64).fill_null(
+            float("-inf")).alias("_q"),
+        pl.col("problem_id").hash(seed=rule.seed).alias("_tie"))
+    strata = [c for c in rule.spread]
+    if rule.clusters:
+        problems = problems.with_columns(pl.Series("_cluster", _kmeans(problems["_prompt"], rule)))
+        strata.append("_cluster")
+    ordered = problems.sort("_pref", "_q", "_tie", descending=[False, True, False])
+    if strata:
+        ordered = ordered.with_columns(pl.int_range(pl.len()).over(strata).alias("_in_stratum")).sort(
+            "_in_stratum", "_pref", "_q", "_tie", descending=[False, False, True, False])
+    return ordered.head(rule.problems)["problem_id"]
+
+
+def _kmeans(prompts: pl.Series, rule: pol.Budget) -> np.ndarray:
+    import faiss
+
+    from curate.filters.embeddings import embed_texts
+
+    vectors = embed_texts(prompts.fill_null("").to_list(), model=rule.model)
+    k = min(rule.clusters or 2, len(vectors))
+    if k < 2:
+        return np.zeros(len(vectors), np.int64)
+    kmeans = faiss.Kmeans(vectors.shape[1], k, niter=20, seed=rule.seed, spherical=True)
+    kmeans.train(vectors)
+    return kmeans.index.search(vectors, 1)[1][:, 0].astype(np.int64)
+
+
+def read_funnel(step_dir: str | Path) -> pl.DataFrame:
+    """The funnel of a finished select step: rule, dropped, rows_left (from its decision table)."""
+    import json
+
+    step_dir = Path(step_dir)
+    manifest = json.loads((step_dir / "_manifest.json").read_text())
+    return pl.DataFrame(manifest["summary"]["funnel"])

@@ -1,0 +1,54 @@
+"""A global dedup stage's state (one row per trace_id) joined onto each batch cheaply.
+
+The state of a million-trace run has a million rows; a hash join per 8k-row batch would rebuild a
+hash table over all of it every batch. Sorting it once by key (in `load_state`) and looking each
+batch's keys up by binary search costs O(batch * log N) instead.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+import pyarrow as pa
+
+
+def sorted_state(state: pa.Table | None, key: str = "trace_id") -> pl.DataFrame | None:
+    if state is None:
+        return None
+    return pl.from_arrow(state).sort(key)
+
+
+def join_sorted(batch: pa.Table, state: pl.DataFrame, key: str = "trace_id") -> pl.DataFrame:
+    """`batch` with the state's other columns appended (nulls where the key is absent); row order
+    and row count of `batch` are kept."""
+    frame = pl.from_arrow(batch)
+    keys = frame[key]
+    pos = state[key].search_sorted(keys, side="left").cast(pl.Int64)
+    found = (pos < state.height) & (state[key].gather(pos.clip(0, max(state.height - 1, 0))) == keys)
+    found = found.fill_null(False)
+    values = state.drop(key).gather(pos.clip(0, max(state.height - 1, 0))) if state.height else None
+    if values is None:
+        return frame.with_columns([pl.lit(None, dtype).alias(name) for name, dtype in state.drop(key).schema.items()])
+    values = values.with_columns(found.alias("_found")).select(
+        [pl.when(pl.col("_found")).then(pl.col(c)).otherwise(None).alias(c) for c in values.columns])
+    return pl.concat([frame, values], how="horizontal")
+
+
+def bounded_map(fn, items, workers: int, in_flight: int | None = None):
+    """`map(fn, items)` in order on a thread pool, with at most `in_flight` items pending, so a
+    stream of batches is never read ahead without bound. polars, numpy and rensa release the GIL
+    for their heavy work, so threads use both cores without copying batches between processes."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    limit = in_flight or 2 * workers
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= limit:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
