@@ -224,18 +224,7 @@ class ImportTracesStage(_ImportBase):
             required=["prompt", "trace_id", "problem_id", "teacher", "source", "domain", "backend"],
             allowed={"domain": DOMAINS, "finish_reason": FINISH_REASONS},
         )
-        rejects = pa.concat_tables([r for r in (type_rejects, rejects) if r is not None])
-        for field in rejects.column("field").to_pylist():
-            counts[f"rejected:{field}"] += 1
-        out = pl.from_arrow(good)
-        before = out.height
-        out = out.unique(subset="trace_id", keep="first", maintain_order=True).filter(
-            ~pl.col("trace_id").is_in(seen.implode())
-        )
-        counts["duplicate_trace_id"] += before - out.height
-        seen = pl.concat([seen, out["trace_id"]])
-        all_rejects = pa.concat_tables([block.rejects, rejects]) if rejects.num_rows else block.rejects
-        return BatchResult(conform(out.to_arrow(), TRACES_SCHEMA), all_rejects, counts), seen
+        return _finish_block(good, [block.rejects, type_rejects, rejects], counts, seen, "trace_id", TRACES_SCHEMA)
 
 
 class ImportProblemsStage(_ImportBase):
@@ -270,18 +259,33 @@ class ImportProblemsStage(_ImportBase):
                 required=["prompt", "problem_id", "source", "domain"],
                 allowed={"domain": DOMAINS},
             )
-            rejects = pa.concat_tables([r for r in (type_rejects, rejects) if r is not None])
-            for field in rejects.column("field").to_pylist():
-                counts[f"rejected:{field}"] += 1
-            out = pl.from_arrow(good)
-            before = out.height
-            out = out.unique(subset="problem_id", keep="first", maintain_order=True).filter(
-                ~pl.col("problem_id").is_in(seen.implode())
+            result, seen = _finish_block(
+                good, [block.rejects, type_rejects, rejects], counts, seen, "problem_id", PROBLEMS_SCHEMA
             )
-            counts["duplicate_problem_id"] += before - out.height
-            seen = pl.concat([seen, out["problem_id"]])
-            all_rejects = pa.concat_tables([block.rejects, rejects]) if rejects.num_rows else block.rejects
-            yield BatchResult(conform(out.to_arrow(), PROBLEMS_SCHEMA), all_rejects, counts)
+            yield result
+
+
+def _finish_block(
+    good: pa.Table,
+    reject_parts: list[pa.Table | None],
+    counts: Counter[str],
+    seen: pl.Series,
+    key: str,
+    schema: pa.Schema,
+) -> tuple[BatchResult, pl.Series]:
+    """The tail both imports share: count validation rejects by field, drop ids already seen in
+    this unit (within the block and in earlier blocks), and return the block's result."""
+    # reject_parts[0] is the reader's (bad JSON) rejects, already counted by the caller.
+    validation = [r for r in reject_parts[1:] if r is not None]
+    for field in (pa.concat_tables(validation).column("field").to_pylist() if validation else []):
+        counts[f"rejected:{field}"] += 1
+    out = pl.from_arrow(good)
+    before = out.height
+    out = out.unique(subset=key, keep="first", maintain_order=True).filter(~pl.col(key).is_in(seen.implode()))
+    counts[f"duplicate_{key}"] += before - out.height
+    seen = pl.concat([seen, out[key]])
+    rejects = pa.concat_tables([r for r in reject_parts if r is not None and r.num_rows] or [reject_parts[0]])
+    return BatchResult(conform(out.to_arrow(), schema), rejects, counts), seen
 
 
 def parse_mapping(items: list[str]) -> dict[str, str]:
