@@ -415,3 +415,36 @@ def test_killed_run_resumes_exactly_once(fresh_proxy, tmp_path):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
     assert SECRET not in done.stderr
+
+
+def test_api_key_never_reaches_logs_manifests_or_cards(fresh_proxy, tmp_path):
+    """The CLI end to end (import, generate with a retried request, card): the key is in the
+    environment only; every file of the run and export and all console output are free of it."""
+    problems_file = tmp_path / "problems.jsonl"
+    problems_file.write_text("".join(json.dumps({"problem": f"Compute {i} * 3.", "answer": str(3 * i)}) + "\n"
+                                     for i in range(3)))
+    run = tmp_path / "run"
+    curate = str(Path(sys.executable).with_name("curate"))
+    env = {**os.environ, KEY_ENV: SECRET}
+    fresh_proxy.script = {("Compute 1 * 3.", 0): ["500", "429"]}  # retries get logged
+
+    def call(*args: str) -> str:
+        proc = subprocess.run([curate, *args], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout + proc.stderr
+
+    console = call("import-problems", str(problems_file), "--out", str(run), "--columns", "prompt=problem",
+                   "--columns", "reference_answer=answer", "--domain", "math", "--license", "cc0")
+    console += call("generate", str(run), "--teacher",
+                    f"openai:{fresh_proxy.base}#tiny api_key_env={KEY_ENV} backoff_s=0.01 name=tiny-teacher",
+                    "--max-tokens", "6")
+    console += call("card", str(run))
+    assert fresh_proxy.attempts[("Compute 1 * 3.", 0)] == 3
+    files = [p for p in run.rglob("*") if p.is_file()]
+    card = next(p for p in files if p.name == "README.md")
+    assert "tiny-teacher" in card.read_text()  # the card does describe the generate step
+    manifests = [json.loads(p.read_text()) for p in files if p.name == "_manifest.json"]
+    assert KEY_ENV in json.dumps(manifests)  # the variable's name is recorded, its value is not
+    for path in files:
+        assert SECRET.encode() not in path.read_bytes(), path
+    assert SECRET not in console
