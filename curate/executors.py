@@ -35,6 +35,11 @@ class Executor(ABC):
     ) -> Iterator[UnitStats]:
         """Run every unit; yield each unit's stats as it finishes (any order)."""
 
+    def fit_state(self, stage: Stage, units: list[WorkUnit], out_dir: Path) -> Path | None:
+        """Fit a global stage in the executor's own distributed way and write its state table;
+        None (the default): the runner calls `stage.fit` in this process."""
+        return None
+
 
 class InProcessExecutor(Executor):
     name = "inprocess"

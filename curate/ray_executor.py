@@ -53,6 +53,8 @@ log = logging.getLogger("curate")
 # A unit that kills its worker this many times in a row is a bug (e.g. out of memory on every
 # attempt), not bad luck: fail the stage with Ray's error instead of retrying forever.
 DEFAULT_MAX_RETRIES = 3
+# Written next to `_state.parquet` by a distributed fit: its waves, partitions, peak RSS per task.
+FIT_STATS = "_fit_stats.json"
 
 
 def _stats_table(stats: list[UnitStats]) -> pa.Table:
@@ -204,7 +206,7 @@ class RayExecutor(Executor):
         """Fit a global stage on the cluster when it has a distributed form (MinHash: partitioned
         bands and iterated joins, curate/ray_global.py) and write `<step>/_state.parquet`;
         None when it has none (the runner then calls `stage.fit` in the driver)."""
-        from curate.io import STATE
+        from curate.io import STATE, atomic_write_json
         from curate.ray_global import DISTRIBUTED_FITS, ray_map
 
         fit = DISTRIBUTED_FITS.get(stage.name)
@@ -215,6 +217,9 @@ class RayExecutor(Executor):
         if not path.exists():
             self.last_fit_stats = fit(stage, units, Path(out_dir) / "_fit", path,
                                       task_map=ray_map(max_retries=self.max_retries))
+            # Waves, partitions and peak memory per task: how the fit scaled, for the user (and
+            # the proof, in tests, that the distributed fit ran rather than the driver's).
+            atomic_write_json(Path(out_dir) / FIT_STATS, self.last_fit_stats)
         return path
 
     # -- run -------------------------------------------------------------------------------

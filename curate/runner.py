@@ -99,10 +99,14 @@ def _plan(stage: Stage, input_dir: Path | None) -> list[WorkUnit]:
     return plan_parquet_units(files)
 
 
-def _fit(stage: Stage, units: list[WorkUnit], out_dir: Path) -> Path | None:
+def _fit(stage: Stage, units: list[WorkUnit], out_dir: Path, executor: Executor | None = None) -> Path | None:
     if not stage.is_global:
         return None
     path = out_dir / STATE
+    # An executor with a distributed form of this fit (Ray: partitioned MinHash) writes the state
+    # itself, so no single process holds the fit columns; None means "fit here, as usual".
+    if not path.exists() and executor is not None and executor.fit_state(stage, units, out_dir) is not None:
+        return path
     if not path.exists():
         files = sorted({u.path for u in units})
         present = set(pq.read_schema(files[0]).names) if files else set()
@@ -179,7 +183,7 @@ def run_stage(
         atomic_write_json(plan_file, {"fingerprint": fingerprint, "units": [u.to_json() for u in units]})
 
     started_at, t0 = _now(), time.perf_counter()
-    state_path = _fit(stage, units, out_dir)
+    state_path = _fit(stage, units, out_dir, executor)
     pending = [u for u in units if not unit_done(out_dir, u)]
     resumed = len(units) - len(pending)
     stats: list[UnitStats] = [

@@ -14,11 +14,15 @@ from polars.testing import assert_frame_equal
 
 ray = pytest.importorskip("ray")
 
+from typer.testing import CliRunner  # noqa: E402
+
+from curate.cli import app  # noqa: E402
 from curate.demo import demo_pipeline_path  # noqa: E402
 from curate.executors import make_executor  # noqa: E402
 from curate.io import part_files  # noqa: E402
+from curate.manifest import Manifest  # noqa: E402
 from curate.pipeline import load_pipeline, run_pipeline  # noqa: E402
-from curate.ray_executor import RayExecutor, uses_actors  # noqa: E402
+from curate.ray_executor import FIT_STATS, RayExecutor, uses_actors  # noqa: E402
 from curate.runner import run_stage  # noqa: E402
 from curate.testing_ray import KillOnceConfig, KillOnceModelStage, KillOnceStage  # noqa: E402
 
@@ -41,7 +45,13 @@ def demo_runs(ray_engine, tmp_path_factory):
     # The local reference: `--engine local --workers 1` (units in this process; the pool with
     # more workers runs the same execute_unit per unit).
     local = run_pipeline(pipeline, root / "local", executor=make_executor("local", workers=1), progress=False)
-    on_ray = run_pipeline(load_pipeline(demo_pipeline_path()), root / "ray", executor=ray_engine, progress=False)
+    # `curate run --engine ray` as a user types it; in this process, so it joins the session's
+    # cluster (RayExecutor reuses an initialised Ray) instead of starting a second one.
+    result = CliRunner().invoke(app, ["run", str(demo_pipeline_path()), "--out", str(root / "ray"),
+                                      "--engine", "ray", "--workers", "2", "--no-progress"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    steps = [s["dir"] for s in json.loads((root / "ray" / "_run.json").read_text())["steps"]]
+    on_ray = [Manifest.load(root / "ray" / step) for step in steps]
     return root / "local", root / "ray", local, on_ray
 
 
@@ -79,6 +89,22 @@ def test_demo_on_ray_equals_the_local_engine_row_for_row_in_every_step(demo_runs
                       "output_fingerprint", "fingerprint"):
             assert getattr(mine, field) == getattr(theirs, field), (mine.step, field)
     assert on_ray[0].rows_out == 1080 and on_ray[-1].rows_out < 1080  # import keeps all, select drops
+
+
+def test_demo_on_ray_fits_minhash_as_partitioned_waves_not_on_the_driver(demo_runs):
+    local_dir, ray_dir, local, on_ray = demo_runs
+    (step,) = [m.step for m in on_ray if m.stage == "dedup_minhash"]
+    assert not (local_dir / step / FIT_STATS).exists()  # the local engine fits in the driver
+    stats = json.loads((ray_dir / step / FIT_STATS).read_text())
+    assert stats["rows"] == 1080 and stats["partitions"] >= 4
+    waves = stats["waves"]
+    assert waves["signatures"]["tasks"] == on_ray[0].parts  # one task per unit of the input
+    assert waves["buckets"]["tasks"] == stats["partitions"]
+    assert stats["peak_rss_per_task"] > 0 and not (ray_dir / step / "_fit").exists()
+    # The demo has near-duplicates, and the summary the manifest shows is the local fit's.
+    mine = next(m for m in local if m.step == step)
+    theirs = next(m for m in on_ray if m.step == step)
+    assert theirs.summary == mine.summary and mine.summary["linked_pairs"] > 0
 
 
 def test_demo_on_ray_is_skipped_when_run_again(demo_runs, ray_engine):
