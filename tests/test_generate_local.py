@@ -216,3 +216,60 @@ def test_vllm_logprobs_are_the_models_raw_distribution(tiny, vllm_run):
         np.testing.assert_allclose(np.array(row["topk_logprobs"], np.float32).reshape(-1, 2), expected_top, atol=2e-2)
         realised = logprobs.gather(1, torch.tensor(completion)[:, None])[:, 0].numpy()
         np.testing.assert_allclose(np.array(row["token_logprob"], np.float32), realised, atol=2e-2)
+
+
+def test_vllm_logprobs_become_a_topk_v1_cache_the_trainer_reads(tiny, vllm_run, tmp_path):
+    from transformers import AutoTokenizer
+
+    from curate.generators.topk_export import generated_cache_table
+    from curate.trainer.topk_format import (
+        CacheFormatError,
+        CacheMeta,
+        CacheReader,
+        decode_compact,
+        encode_compact,
+        tokenizer_hash,
+        view,
+        write_cache,
+    )
+
+    _, result, _ = vllm_run
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    teacher = str(tiny)
+    traces = result.table.filter(pa.compute.equal(result.table.column("teacher"), teacher))
+    math = "\n\nPlease reason step by step, and put your final answer within \\boxed{}."
+    prompt_ids = [tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": p + math}],
+                                                                 add_generation_prompt=True, tokenize=False),
+                                   add_special_tokens=False) for p in traces.column("prompt").to_pylist()]
+    meta = CacheMeta(teacher=teacher, revision=traces.column("teacher_revision")[0].as_py(),
+                     tokenizer_hash=tokenizer_hash(tokenizer), k=2, vocab_size=len(tokenizer))
+    cache = generated_cache_table(traces, prompt_ids, meta)
+    write_cache(tmp_path / "cache", cache, meta)
+    reader = CacheReader(tmp_path / "cache", tokenizer_hash=tokenizer_hash(tokenizer))
+    assert reader.meta == meta and reader.num_rows == traces.num_rows
+    back = view(reader.read_all(), reader.meta)
+    frame = pl.from_arrow(traces)
+    for i, row in enumerate(frame.iter_rows(named=True)):
+        assert back.sequence(i).tolist() == prompt_ids[i] + row["completion_ids"]
+        assert back.completion_start[i] == len(prompt_ids[i])
+        positions = slice(back.pos_offsets[i], back.pos_offsets[i + 1])
+        assert back.topk_ids[positions].ravel().tolist() == row["topk_ids"]
+        assert back.topk_logprobs[positions].ravel().tolist() == row["topk_logprobs"]
+        assert back.token_logprob[positions].tolist() == row["token_logprob"]
+    # the compact codec takes it too, within its documented error (step / 2 plus float16 rounding)
+    compact, compact_meta = encode_compact(cache, meta)
+    plain, _ = decode_compact(compact, compact_meta)
+    def by_id(v):  # the compact codec keeps each position's ids in ascending order, not by rank
+        order = np.argsort(v.topk_ids, axis=1, kind="stable")
+        return np.take_along_axis(v.topk_ids, order, 1), np.take_along_axis(v.topk_logprobs.astype(np.float32), order, 1)
+
+    (ids_c, lps_c), (ids_p, lps_p) = by_id(view(plain, meta)), by_id(view(cache, meta))
+    assert ids_c.tolist() == ids_p.tolist()
+    np.testing.assert_allclose(lps_c, lps_p, atol=meta.step / 2 + 1e-2)
+    greedy = result.table.filter(pa.compute.equal(result.table.column("teacher"), "greedy"))
+    with pytest.raises(CacheFormatError, match=r"trace .* \(row 0\) has no log-probs; filter such rows out first"):
+        generated_cache_table(greedy, [[1]] * greedy.num_rows, CacheMeta(teacher="greedy", revision="r",
+                                                                         tokenizer_hash="h", k=2, vocab_size=10))
+    with pytest.raises(CacheFormatError, match="row 0 has k=2, the cache says k=3"):
+        generated_cache_table(traces, prompt_ids, CacheMeta(teacher=teacher, revision="r", tokenizer_hash="h", k=3,
+                                                            vocab_size=len(tokenizer)))
