@@ -213,6 +213,15 @@ def _flush():
 
 def _run_case(case, program, res_fd, nonce):
     mode = program["mode"]
+    if mode == "exec":
+        # A compiled program replaces the child; the result pipe closes on exec, so the program
+        # cannot write records (a fake "harness_error" would turn its wrong answer into a retry).
+        os.set_inheritable(res_fd, False)
+        try:
+            os.execv(program["binary"], [program["binary"]])
+        except OSError as exc:
+            _report(res_fd, "harness_error", f"cannot execute the compiled program: {exc}")
+            return 70
     g = dict(program["base"])
     g["__name__"] = "__main__" if mode == "stdio" else "solution"
     stage = "program"
@@ -358,6 +367,53 @@ def _fork():
     return os.fork()
 
 
+def compile_native(msg):
+    """Compile a native program (C++) in a child of its own session under rlimits and a wall
+    clock. Returns None, ("compile", why) for the program's fault, ("infra", why) when the
+    compiler itself cannot run (retried by the host, never scored as the program's fault)."""
+    with open(os.path.join(WORK, msg["source_name"]), "w", encoding="utf-8") as fh:
+        fh.write(msg["program"])
+    err_path = os.path.join(WORK, "compile.log")
+    timeout = float(msg["compile_timeout"])
+    argv = msg["compile"]
+    pid = _fork()
+    if pid == 0:
+        code = 126
+        try:
+            os.setsid()
+            _set_limit(resource.RLIMIT_CPU, int(timeout) + 1)
+            _set_limit(resource.RLIMIT_AS, msg.get("compile_memory_bytes"))
+            _set_limit(resource.RLIMIT_FSIZE, CONFIG["limits"].get("fsize_bytes"))
+            err_fd = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.dup2(err_fd, 1)
+            os.dup2(err_fd, 2)
+            for fd in (err_fd, CTL_IN, CTL_OUT):
+                os.close(fd)
+            try:
+                os.execv(argv[0], argv)
+            except OSError as exc:
+                os.write(2, f"cannot run the compiler {argv[0]}: {exc}\n".encode())
+                code = 127
+        finally:
+            os._exit(code)
+    status, _usage, timed_out = _wait(pid, timeout)
+    _kill_everything(pid)
+    if timed_out:
+        os.wait4(pid, 0)
+    _reap()
+    log, _ = _read_head(err_path, HEAD)
+    text = log[:HEAD].decode("utf-8", "replace").strip()
+    if timed_out:
+        return ("compile", f"compilation took longer than {timeout:g}s")
+    exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+    if exit_code in (126, 127):
+        return ("infra", text or f"compiler exit code {exit_code}")
+    if exit_code != 0:
+        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        return ("compile", text or (f"compiler killed by signal {sig}" if sig else f"compiler exit code {exit_code}"))
+    return None
+
+
 def run_case(case, program, index):
     case_dir = os.path.join(WORK, f"case{index}")
     os.makedirs(case_dir, exist_ok=True)
@@ -421,7 +477,16 @@ def main():
         except EOFError:
             return
         op = msg.get("op")
-        if op == "load":
+        if op == "load" and msg.get("mode") == "exec":
+            failed = compile_native(msg)
+            if failed is None:
+                program = {"mode": "exec", "binary": os.path.join(WORK, msg["binary_name"])}
+                send({"ok": True})
+            elif failed[0] == "infra":
+                send({"error": failed[1]})
+            else:
+                send({"ok": False, "error": failed[1]})
+        elif op == "load":
             # Helpers defined by the prelude see this dict as their globals: the strict equality
             # must be here already.
             base = {"__curate_eq__": curate_eq}

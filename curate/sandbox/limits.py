@@ -27,6 +27,8 @@ class Limits:
     nofile: int = 64  # open descriptors per case
     tmpfs_mb: int = 256  # size of the sandbox's private /tmp
     program_timeout_s: float = 120.0  # all cases of one program together
+    compile_timeout_s: float = 30.0  # compiling a native (C++) program, wall clock and CPU
+    compile_memory_mb: int = 2048  # address space of the compiler (cc1plus needs far more than a test)
 
     @property
     def output_bytes(self) -> int:

@@ -38,7 +38,8 @@ class Case:
 @dataclass
 class ProgramJob:
     program: str
-    mode: str  # "stdio": run as a script per case; "call": load, then run test code per case
+    mode: str  # "stdio": run as a script per case; "call": load, then run test code per case;
+    # "exec": compile a native program (`language`) once, run the executable per case
     cases: Sequence[Case]
     prelude: str | None = None
     # Called on each case's raw result; True when the case passed. Stops the program's run at
@@ -47,6 +48,7 @@ class ProgramJob:
     stop_on_failure: bool = True
     # For reports only: (input, expected) as a verifier shows them for each case.
     shown: Sequence[tuple[str | None, str | None]] = ()
+    language: str = "python"
 
 
 @dataclass
@@ -116,7 +118,7 @@ class SandboxPool:
             uid = self.uids.acquire()
             try:
                 with WarmSandbox(self.launcher, self.limits, self.python, uid, self.nproc) as sandbox:
-                    error = sandbox.load(job.program, job.mode, job.prelude)
+                    error = sandbox.load(job.program, job.mode, job.prelude, language=job.language)
                     if error is not None:
                         run.compile_error = error
                         return run

@@ -106,12 +106,21 @@ class WarmSandbox:
         self.close()
 
     # -- protocol ------------------------------------------------------------------------
-    def load(self, program: str, mode: str, prelude: str | None = None) -> str | None:
-        """Compile ``program`` inside the sandbox; returns the compile error, or None."""
-        self._send({"op": "load", "program": program, "mode": mode, "prelude": prelude})
-        reply = self._recv(START_TIMEOUT_S, case=None)
+    def load(self, program: str, mode: str, prelude: str | None = None, language: str = "python") -> str | None:
+        """Compile ``program`` inside the sandbox; returns the compile error, or None. Mode
+        "exec" compiles a native ``language`` (C++) and runs the executable per case."""
+        message = {"op": "load", "program": program, "mode": mode, "prelude": prelude}
+        timeout = START_TIMEOUT_S
+        if mode == "exec":
+            from curate.sandbox.native import compile_message
+
+            message.update(compile_message(language), compile_timeout=self.limits.compile_timeout_s,
+                           compile_memory_bytes=int(self.limits.compile_memory_mb) * 2**20)
+            timeout = self.limits.compile_timeout_s + GRACE_S
+        self._send(message)
+        reply = self._recv(timeout, case=None)
         if "ok" not in reply:
-            raise SandboxFailure(f"bad load reply: {reply}")
+            raise SandboxFailure(f"sandbox could not load the program: {reply.get('error', reply)}")
         return None if reply["ok"] else str(reply.get("error", "compile error"))
 
     def run_case(self, *, stdin: str = "", test_setup: str = "", test: str = "", entry: str | None = None,

@@ -28,7 +28,7 @@ from curate.verifiers.code_extract import extract_program
 from curate.verifiers.testspec import TestSpecError, call_cases, load_tests, outputs_match, program_prelude
 
 VERDICTS = ("pass", "wrong_answer", "runtime_error", "timeout", "memory", "compile_error", "sandbox_error",
-            "no_code", "no_tests")
+            "no_code", "no_tests", "unsupported_language")
 HEAD = 1000
 
 
@@ -53,7 +53,7 @@ class CodeVerifyConfig(StageConfig):
 
 class CodeVerifyStage(Stage[CodeVerifyConfig]):
     name = "verify_code"
-    version = "1"
+    version = "2"
     config_model = CodeVerifyConfig
     description = "Run each trace's program against its problem's tests in a sandbox (bubblewrap when available)."
     example = "curate verify code runs/code --timeout-s 5 --memory-mb 1024 --isolation auto"
@@ -124,7 +124,13 @@ class CodeVerifyStage(Stage[CodeVerifyConfig]):
                 failures[i] = json.dumps({"reason": spec[:HEAD]})
                 counts["tests_invalid"] += 1
                 continue
-            program = extract_program(answers[i], spec.get("language", "python"))
+            language = spec.get("language", "python")
+            unsupported = _unsupported(language, spec["format"])
+            if unsupported:
+                verdicts[i] = "unsupported_language"
+                failures[i] = json.dumps({"reason": unsupported})
+                continue
+            program = extract_program(answers[i], language)
             if program is None:
                 verdicts[i] = "no_code"
                 continue
@@ -160,6 +166,7 @@ class CodeVerifyStage(Stage[CodeVerifyConfig]):
         from curate.sandbox.pool import Case, ProgramJob
 
         cfg = self.config
+        language = spec.get("language", "python")
         if spec["format"] == "stdin_stdout":
             cases = spec["cases"][: cfg.max_cases] if cfg.max_cases else spec["cases"]
             tol = spec.get("float_tol") if spec.get("float_tol") is not None else cfg.float_tol
@@ -170,7 +177,8 @@ class CodeVerifyStage(Stage[CodeVerifyConfig]):
                         and outputs_match(result.get("stdout", ""), cases[index]["output"], float_tol=tol,
                                           mode=comparison))
 
-            return ProgramJob(program=program, mode="stdio", cases=[Case(stdin=c["input"]) for c in cases],
+            return ProgramJob(program=program, mode="stdio" if language == "python" else "exec",
+                              language=language, cases=[Case(stdin=c["input"]) for c in cases],
                               judge=judge, stop_on_failure=cfg.stop_on_first_failure,
                               shown=[(c["input"], c["output"]) for c in cases])
         call = call_cases(spec, program)
@@ -180,6 +188,24 @@ class CodeVerifyStage(Stage[CodeVerifyConfig]):
                           cases=[Case(test_setup=c.setup, test=c.test, entry=c.entry) for c in call],
                           judge=lambda _i, r: bool(r.get("completed")) and r.get("exit_code") == 0,
                           stop_on_failure=cfg.stop_on_first_failure, shown=[(c.shown, None) for c in call])
+
+
+def _unsupported(language: str, test_format: str) -> str | None:
+    """Why a problem's language cannot be run here, or None. Native languages run stdin/stdout
+    tests only: check functions and assert lists are Python code."""
+    from curate.sandbox.native import NoCompiler, compile_message, native_languages
+
+    if language == "python":
+        return None
+    if language not in native_languages():
+        return f"no runner for language {language!r} (supported: python, {', '.join(native_languages())})"
+    if test_format != "stdin_stdout":
+        return f"{language} programs run stdin_stdout tests only, not {test_format}"
+    try:
+        compile_message(language)
+    except NoCompiler as exc:
+        return str(exc)
+    return None
 
 
 # -- turning a run into columns -------------------------------------------------------------
