@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from pathlib import Path
 
 import polars as pl
@@ -119,40 +118,64 @@ def test_result_record_round_trips_logprobs():
 
 
 # -- rate limiting ---------------------------------------------------------------------------------
-def test_requests_per_minute_spaces_starts():
+class FakeClock:
+    """The limiter's clock and sleep, advanced by the sleeps themselves: exact, load-independent."""
+
+    def __init__(self, monkeypatch):
+        from curate.generators import openai_client
+
+        self.now = 0.0
+        self.slept: list[float] = []
+        real_sleep = asyncio.sleep
+
+        async def sleep(seconds: float) -> None:
+            self.slept.append(seconds)
+            self.now += seconds
+            await real_sleep(0)
+
+        monkeypatch.setattr(openai_client, "time", self)
+        monkeypatch.setattr(openai_client.asyncio, "sleep", sleep)
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_requests_per_minute_spaces_starts(monkeypatch):
+    clock = FakeClock(monkeypatch)
+
     async def main() -> list[float]:
         limiter = RateLimiter(600, None)
         starts: list[float] = []
 
         async def one() -> None:
             await limiter.acquire()
-            starts.append(time.monotonic())
+            starts.append(clock.monotonic())
 
         await asyncio.gather(*[one() for _ in range(5)])
         return starts
 
-    starts = asyncio.run(main())
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
-    assert len(gaps) == 4 and min(gaps) >= 0.099  # 600 per minute: one start per 0.1 s
+    # 600 per minute: one start every 0.1 s, the first at once
+    assert asyncio.run(main()) == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
 
 
-def test_tokens_per_minute_blocks_until_the_window_frees():
-    async def main() -> tuple[bool, bool]:
+def test_tokens_per_minute_blocks_until_the_window_frees(monkeypatch):
+    clock = FakeClock(monkeypatch)
+
+    async def main() -> tuple[list[float], float, int]:
         limiter = RateLimiter(None, 1000)
         await limiter.acquire()
         limiter.record(999)
-        await asyncio.wait_for(limiter.acquire(), 1)  # 999 < 1000: still allowed
-        limiter.record(5)
-        try:
-            await asyncio.wait_for(limiter.acquire(), 0.2)
-            blocked = False
-        except TimeoutError:
-            blocked = True
-        limiter._window = type(limiter._window)((t - 61, n) for t, n in limiter._window)  # a minute passes
-        await asyncio.wait_for(limiter.acquire(), 1)
-        return blocked, limiter._window_tokens == 0
+        await limiter.acquire()  # 999 < 1000: still allowed, no wait
+        waited_before = list(clock.slept)
+        clock.now = 10.0
+        limiter.record(5)  # 1004 in the last minute: the next start waits for the first charge to age out
+        await limiter.acquire()
+        return waited_before, clock.now, limiter._window_tokens
 
-    assert asyncio.run(main()) == (True, True)
+    waited_before, now, tokens = asyncio.run(main())
+    assert waited_before == []
+    assert now == pytest.approx(60.0)  # the 999 tokens charged at t=0 leave the window at t=60
+    assert tokens == 5
 
 
 # -- parsing and anatomy against a canned server ---------------------------------------------------
