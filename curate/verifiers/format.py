@@ -63,7 +63,7 @@ class FormatVerifyStage(Stage[FormatVerifyConfig]):
     config_model = FormatVerifyConfig
     description = ("Format and degeneration checks: closed thinking, answer present, truncation, repeated "
                    "lines / n-grams / boxed, language mixing, length in tokens.")
-    example = "curate verify format runs/demo/02-verify_math runs/demo/03-verify_format --max-line-repeats 20 --max-boxed 5"
+    example = "curate verify format runs/demo --max-line-repeats 20 --max-boxed 5"
     cli = ("verify", "format")
     requires = ("reasoning", "answer", "think_closed", "finish_reason")
     score_namespace = "format"

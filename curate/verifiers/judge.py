@@ -111,8 +111,8 @@ class JudgeStage(Stage[JudgeConfig]):
     version = "1"
     config_model = JudgeConfig
     description = "Score traces of problems with no checkable answer with an LLM judge (OpenAI-compatible server)."
-    example = ("curate verify judge runs/x/02-verify_format runs/x/03-verify_judge "
-               "--judge 'openai:http://127.0.0.1:8000/v1#Qwen2.5-72B-Instruct' --api-key-env JUDGE_KEY")
+    example = ("curate verify judge runs/essays --judge 'openai:http://127.0.0.1:8000/v1#Qwen2.5-72B-Instruct' "
+               "--api-key-env JUDGE_KEY")
     cli = ("verify", "judge")
     requires = ("prompt", "answer", "reasoning", "reference_answer", "tests", "domain")
     score_namespace = "judge"

@@ -70,7 +70,7 @@ class MathVerifyStage(Stage[MathVerifyConfig]):
     version = "2"
     config_model = MathVerifyConfig
     description = "Check each trace's final answer against the reference answer with math-verify (typed verdicts, hard timeouts)."
-    example = "curate verify math runs/demo/01-import runs/demo/02-verify_math --timeout-s 5 --workers 2"
+    example = "curate verify math runs/demo --timeout-s 5 --workers 2"
     cli = ("verify", "math")
     requires = ("reference_answer", "answer", "reasoning", "domain")
     score_namespace = "math"
