@@ -107,7 +107,7 @@ def test_signatures_written_with_algorithm_version(tmp_path):
     sigs = pq.read_table(path)
     assert sigs.column("trace_id").to_pylist() == ["a", "b"]
     assert len(sigs.column("signature")[0]) == 64
-    assert sigs.schema.metadata[b"algorithm"].decode().startswith("curate-minhash/2;rensa=")
+    assert sigs.schema.metadata[b"algorithm"].decode().startswith("curate-minhash/3;rensa=")
 
 
 def test_config_errors():
@@ -115,3 +115,21 @@ def test_config_errors():
         MinHashConfig(field="title")
     with pytest.raises(ValueError, match="exceeds num_perm"):
         MinHashConfig(num_perm=16, bands=5, rows=4)
+
+
+def test_byte_tokeniser_matches_lower_then_split_on_separators():
+    import re
+
+    from curate.filters.shingles import SEPARATORS, word_hashes
+
+    texts = ["Ünïcode ÉTÉ été\u00a0x", "  lead\u00a0\u00a0 trail  ", "ΣΑΣ σας", "a\u00c2b",
+             "\\frac{A}{B}=C_{2}", "", None, "x", "Straße İstanbul KELVIN \u212a", "tab\there\r\nnew—dash"]
+    split = "[" + re.escape("".join(SEPARATORS)) + "]+"
+    reference = [[w for w in re.split(split, (t or "").lower()) if w] for t in texts]
+    hashes, offsets = word_hashes(pl.Series(texts, dtype=pl.Utf8))
+    assert np.diff(offsets).tolist() == [len(r) for r in reference]
+    # each word's hash is the hash of that word alone, so equal words hash equal across rows
+    alone, _ = word_hashes(pl.Series([w for r in reference for w in r]))
+    assert hashes.tolist() == alone.tolist()
+    assert reference[2] == ["σας", "σας"] and hashes[offsets[2]] == hashes[offsets[2] + 1]
+    assert len(set(hashes.tolist())) == len({w for r in reference for w in r})

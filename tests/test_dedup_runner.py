@@ -41,5 +41,5 @@ def test_exact_then_minhash_through_the_runner(tmp_path):
     assert cluster["trace_id"].to_list() == ["t00", "t01", "t10", "t20", "t30"]
     assert cluster["minhash__cluster_id"].unique().to_list() == ["t01"]  # "again" is shorter than "carefully"
     assert out["minhash__is_survivor"].sum() == rows - 4
-    assert manifest.summary["algorithm"].startswith("curate-minhash/2")
+    assert manifest.summary["algorithm"].startswith("curate-minhash/3")
     assert manifest.summary["bands"] == 20 and manifest.summary["rows"] == 6
