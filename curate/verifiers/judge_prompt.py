@@ -82,7 +82,11 @@ def parse_reply(text: str | None, pattern: re.Pattern[str], low: float, high: fl
     if not found:
         return Parsed(None, "parse_error", "no score in the reply")
     last = found[-1]
-    value = float(last[0] if isinstance(last, tuple) else last)
+    text = last[0] if isinstance(last, tuple) else last
+    try:
+        value = float(text)
+    except ValueError:  # a custom score_pattern whose group caught something else
+        return Parsed(None, "parse_error", f"score {text[:40]!r} is not a number")
     if not low <= value <= high:
         return Parsed(None, "parse_error", f"score {value:g} outside [{low:g}, {high:g}]")
     return Parsed(value, "pass" if value >= pass_at else "fail")
