@@ -185,6 +185,10 @@ CANNED = {
     "tags": ({"content": "<think>add them</think>\n\n\\boxed{4}", "reasoning_content": None}, "stop"),
     "cut": ({"content": "<think>still thinking about", "reasoning": None}, "length"),
     "plain": ({"content": "4"}, "stop"),
+    "newer": ({"content": "42", "reasoning": "think hard"}, "stop"),  # vLLM's newer field name
+    "r1": ({"content": "the template opened it</think>\n\nFinal: 3"}, "stop"),  # <think> was in the prompt
+    "sky": ({"content": "<|begin_of_thought|>t<|end_of_thought|>\n<|begin_of_solution|>\\boxed{2}<|end_of_solution|>"},
+            "stop"),
 }
 
 
@@ -264,6 +268,16 @@ def test_anatomy_of_served_responses(canned):
     assert row["topk_ids"] == [7, 9, 2, 1]
     assert row["topk_logprobs"] == [-0.25, -1.5, -0.0999755859375, -3.0]
     assert row["token_logprob"] == [-0.25, -3.0]
+
+
+def test_anatomy_of_other_reasoning_conventions(canned):
+    stage = GenerateStage(GenerateConfig(teacher=[f"openai:{canned}#canned"], progress=False))
+    result = run_stage_in_memory(stage, _problems(["newer", "r1", "sky"]))
+    assert pl.from_arrow(result.table).select("prompt", "reasoning", "answer", "think_closed").rows() == [
+        ("newer", "think hard", "42", True),  # the `reasoning` field of newer vLLM servers
+        ("r1", "the template opened it", "Final: 3", True),  # only </think>: the chat template opened it
+        ("sky", "t", "\\boxed{2}", True),  # begin/end-of-thought and -solution markers
+    ]
 
 
 def test_parse_response_without_token_ids_keeps_text():
