@@ -56,6 +56,20 @@ def _logprob_record(token_ids: list[int], positions: list[Any], k: int) -> dict[
             "topk_ids": _b64(topk_ids, "int32"), "topk_logprobs": _b64(topk_lps, "float32")}
 
 
+def _prompt_logprob_record(prompt_ids: list[int], positions: Any, start: int) -> dict[str, Any]:
+    """vLLM's prompt_logprobs (a FlatLogprobs, ``flat_logprobs=True``) for prompt tokens ``start``..
+    -> topk-v1 arrays. Each position holds the realised token first, then the top-k by rank; the
+    trainer's vLLM teacher (curate/trainer/vllm_teacher.py) asks for these with teacher forcing."""
+    import numpy as np
+
+    begin, end = positions.start_indices[start], positions.end_indices[len(prompt_ids) - 1]
+    width = positions.end_indices[start] - begin
+    lps = np.asarray(positions.logprobs[begin:end], dtype=np.float32).reshape(-1, width)
+    ids = np.asarray(positions.token_ids[begin:end], dtype=np.int32).reshape(-1, width)
+    return {"k": width - 1, "token_ids": _b64(ids[:, 0], "int32"), "token_logprob": _b64(lps[:, 0], "float32"),
+            "topk_ids": _b64(ids[:, 1:], "int32"), "topk_logprobs": _b64(lps[:, 1:], "float32")}
+
+
 class Engine:
     """A loaded vLLM engine that answers batches of request dicts, yielding result records."""
 
@@ -68,6 +82,8 @@ class Engine:
         self._sampling_params = vllm.SamplingParams
 
     def _prompt_ids(self, request: dict[str, Any], chat: bool) -> list[int]:
+        if request.get("prompt_token_ids") is not None:  # already tokenised (teacher forcing)
+            return list(request["prompt_token_ids"])
         if chat:
             text = self.tokenizer.apply_chat_template(request["messages"], add_generation_prompt=True, tokenize=False)
             # The template already holds BOS where the model wants it.
@@ -82,6 +98,8 @@ class Engine:
             max_tokens=sampling["max_tokens"], repetition_penalty=sampling["repetition_penalty"],
             presence_penalty=sampling["presence_penalty"], frequency_penalty=sampling["frequency_penalty"],
             stop=sampling.get("stop") or None, logprobs=logprobs,
+            **({"prompt_logprobs": sampling["prompt_logprobs"], "flat_logprobs": True, "detokenize": False}
+               if sampling.get("prompt_logprobs") else {}),
         )
 
     def generate(self, requests: list[dict[str, Any]], sampling: dict[str, Any], chat: bool) -> Iterator[dict[str, Any]]:
@@ -128,6 +146,9 @@ class Engine:
         }
         if k and completion.logprobs is not None:
             record["logprobs"] = _logprob_record(token_ids, list(completion.logprobs), k)
+        if output.prompt_logprobs is not None:
+            record["prompt_logprobs"] = _prompt_logprob_record(list(output.prompt_token_ids), output.prompt_logprobs,
+                                                               int(request.get("score_from", 1)))
         return record
 
 
@@ -270,6 +291,22 @@ class EngineHandle:
             if record.get("batch_done"):
                 return
             jobs[record["job"]][2](GenResult.from_record(record))
+
+    def records(self, specs: list[tuple[dict[str, Any], bool, list[dict[str, Any]]]], who: str) -> Iterator[dict[str, Any]]:
+        """The engine's raw result records for (sampling, chat, request dicts) jobs, in finishing
+        order (the trainer's vLLM teacher reads prompt_logprobs from them)."""
+        if self._child is None:
+            assert self._engine is not None
+            yield from self._engine.generate_jobs(specs)
+            return
+        assert self._child.stdin is not None
+        header = {"jobs": [{"sampling": sampling, "chat": chat, "count": len(payload)}
+                           for sampling, chat, payload in specs]}
+        lines = [json.dumps(header)] + [json.dumps(item) for _, _, payload in specs for item in payload]
+        self._child.stdin.write("\n".join(lines) + "\n")
+        self._child.stdin.flush()
+        while not (record := self._read(who)).get("batch_done"):
+            yield record
 
     def _stop(self) -> None:
         child, self._child = self._child, None
