@@ -131,3 +131,53 @@ def test_a_compiler_that_cannot_run_is_a_sandbox_error_never_a_compile_error(mon
     (got,) = _verify([(_cpp(MINMAX_OK), STDIO)], retries=1, isolation="rlimits")
     assert got["verdict"] == "sandbox_error"
     assert "cannot run the compiler /nonexistent/g++" in json.loads(got["first_failure"])["stderr"]
+
+
+def test_hostile_cpp_programs_are_contained(tmp_path):
+    """The same containment as for Python, for native code: no network, no writes outside the
+    sandbox's /tmp, a fork bomb bounded, memory capped, output capped; the run goes on."""
+    import os
+    import socket
+
+    from curate.sandbox.launch import SandboxUnavailable, choose_launcher
+
+    level = "bwrap" if shutil.which("bwrap") else "unshare"
+    try:
+        choose_launcher(level, None)
+    except SandboxUnavailable as exc:
+        pytest.skip(f"no namespace isolation here: {exc}")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.1)
+    port = server.getsockname()[1]
+    target = tmp_path / "pwned"
+    network = f"""#include <arpa/inet.h>
+#include <cstdio>
+#include <sys/socket.h>
+int main() {{ int s = socket(AF_INET, SOCK_STREAM, 0); sockaddr_in a{{}}; a.sin_family = AF_INET;
+  a.sin_port = htons({port}); a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  puts(connect(s, (sockaddr*)&a, sizeof a) == 0 ? "connected" : "blocked"); }}"""
+    write = f"""#include <cstdio>
+#include <initializer_list>
+int main() {{ int n = 0; for (const char* p : {{"{target}", "/usr/pwned", "/etc/pwned"}}) {{
+  FILE* f = fopen(p, "w"); if (f) {{ fputs("x", f); fclose(f); n++; }} }} printf("%d\\n", n); }}"""
+    cases = [
+        ("network", network, "connected\n", {"wrong_answer"}),
+        ("write_outside", write, "3\n", {"wrong_answer"}),
+        ("fork_bomb", "#include <unistd.h>\nint main() { for (;;) fork(); }", "42\n", {"timeout", "runtime_error"}),
+        ("memory_hog", "#include <cstddef>\n#include <vector>\nint main() { std::vector<char> v(std::size_t(8) << 30, 1); return v[7]; }",
+         "42\n", {"runtime_error", "memory"}),
+        ("huge_output", "#include <cstdio>\nint main() { for (;;) puts(\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"); }",
+         "42\n", {"runtime_error"}),
+        ("sentinel", "#include <cstdio>\nint main() { puts(\"42\"); }", "42\n", {"pass"}),
+    ]
+    rows = [(_cpp(code), {**STDIO, "cases": [{"input": "", "output": expected}]}) for _, code, expected, _ in cases]
+    got = _verify(rows, isolation=level, timeout_s=2.0)
+    server.close()
+    verdicts = {name: g["verdict"] for (name, *_), g in zip(cases, got, strict=True)}
+    assert all(verdicts[name] in allowed for name, _, _, allowed in cases), verdicts
+    # Python ignores SIGXFSZ; the executable gets it back, so writing past the cap ends it.
+    assert json.loads(got[4]["first_failure"])["reason"] == "output limit exceeded"
+    assert {g["isolation"] for g in got} == {level}
+    assert not target.exists() and not os.path.exists("/usr/pwned") and not os.path.exists("/etc/pwned")

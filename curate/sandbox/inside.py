@@ -217,6 +217,12 @@ def _run_case(case, program, res_fd, nonce):
         # A compiled program replaces the child; the result pipe closes on exec, so the program
         # cannot write records (a fake "harness_error" would turn its wrong answer into a retry).
         os.set_inheritable(res_fd, False)
+        signals = program["signals"]
+        # Python ignores SIGPIPE and SIGXFSZ, and exec keeps ignored signals ignored: restored,
+        # a program writing past the file-size limit is killed (an output limit), as it would be
+        # outside, instead of looping on failed writes until its time runs out.
+        for sig in (signals.SIGPIPE, signals.SIGXFSZ):
+            signals.signal(sig, signals.SIG_DFL)
         try:
             os.execv(program["binary"], [program["binary"]])
         except OSError as exc:
@@ -480,7 +486,9 @@ def main():
         if op == "load" and msg.get("mode") == "exec":
             failed = compile_native(msg)
             if failed is None:
-                program = {"mode": "exec", "binary": os.path.join(WORK, msg["binary_name"])}
+                import signal  # slow to import (enum), so only for native programs, once
+
+                program = {"mode": "exec", "binary": os.path.join(WORK, msg["binary_name"]), "signals": signal}
                 send({"ok": True})
             elif failed[0] == "infra":
                 send({"error": failed[1]})
