@@ -43,7 +43,8 @@ def reference(model_dir, seq, start):
 
 
 def test_cache_matches_full_softmax_at_every_position(models):
-    stage = CacheLogitsStage(CacheLogitsConfig(teacher=str(models["teacher"]), k=4, token_budget=150, position_chunk=7))
+    stage = CacheLogitsStage(CacheLogitsConfig(teacher=str(models["teacher"]), k=4, token_budget=150, position_chunk=7,
+                                               dtype="float32"))
     result = run_stage_in_memory(stage, traces(8))
     assert result.table.num_rows == 7 and result.rejects.column("raw").to_pylist() == ["t003"]
     meta = meta_of_schema(result.table.schema)
@@ -66,7 +67,7 @@ def test_cache_matches_full_softmax_at_every_position(models):
 
 
 def test_compact_cache_within_documented_bound(models):
-    cfg = dict(teacher=str(models["teacher"]), k=4, token_budget=400)
+    cfg = dict(teacher=str(models["teacher"]), k=4, token_budget=400, dtype="float32")
     plain = run_stage_in_memory(CacheLogitsStage(CacheLogitsConfig(**cfg)), traces(5)).table
     compact = run_stage_in_memory(CacheLogitsStage(CacheLogitsConfig(**cfg, codec="compact")), traces(5)).table
     vp, vc = view(plain, meta_of_schema(plain.schema)), view(compact, meta_of_schema(compact.schema))
@@ -98,7 +99,7 @@ def test_killed_cache_run_resumes_without_duplicates(models, tmp_path, monkeypat
         return original(self, batch)
 
     monkeypatch.setattr(CacheLogitsStage, "_compute", flaky)
-    stage = lambda: CacheLogitsStage(CacheLogitsConfig(teacher=str(models["teacher"]), k=4))  # noqa: E731
+    stage = lambda: CacheLogitsStage(CacheLogitsConfig(teacher=str(models["teacher"]), k=4, dtype="float32"))  # noqa: E731
     with pytest.raises(RuntimeError, match="killed"):
         run_stage(stage(), input_dir=src, out_dir=out, executor=InProcessExecutor(), progress=False)
     calls["n"] = 0
@@ -121,7 +122,7 @@ def test_killed_cache_run_resumes_without_duplicates(models, tmp_path, monkeypat
 
 def test_divergence_scores_and_tokenizer_mismatch(models, tmp_path):
     cache = tmp_path / "cache"
-    run_stage(CacheLogitsStage(CacheLogitsConfig(teacher=str(models["teacher"]), k=8)), input_dir=_write_inputs(tmp_path),
+    run_stage(CacheLogitsStage(CacheLogitsConfig(teacher=str(models["teacher"]), k=8, dtype="float32")), input_dir=_write_inputs(tmp_path),
               out_dir=cache, executor=InProcessExecutor(), progress=False)
     batch = pa.concat_tables([traces(8), traces(2, offset=900)])  # two traces are not in the cache
     stage = DivergenceStage(DivergenceConfig(cache=str(cache), student=str(models["student"]),

@@ -38,19 +38,24 @@ from curate.trainer.topk_format import (
 
 
 class CacheLogitsConfig(StageConfig):
-    teacher: str = Field(description="Teacher model: a local transformers folder or hub id (already downloaded).")
+    teacher: str = Field(description="Teacher model: a local transformers folder or hub id (already downloaded), or "
+                         "vllm:MODEL_DIR for vLLM's prompt_logprobs.")
     teacher_name: str | None = Field(None, description="Name written in the cache's teacher column [default: the model folder name].")
     k: int = Field(DEFAULT_K, ge=1, le=1024, description="Top-k entries cached per token.")
     codec: Literal["plain", "compact"] = Field("plain", description="plain: int32 ids + float16 log-probs; compact: id gaps + uint8 log-prob steps.")
     compact_step: float = Field(DEFAULT_STEP, gt=0, le=1, description="Compact codec: nats per uint8 step (error <= step/2).")
     device: str = Field("auto", description="auto (a free GPU, else CPU), cpu, cuda, cuda:N.")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="auto: bf16 on GPU and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32.")
     attn_implementation: str | None = Field(None, description="e.g. sdpa or flash_attention_2 [default: transformers' choice].")
     token_budget: int = Field(16384, ge=1, description="Padded tokens per forward batch (rows x longest).")
     position_chunk: int = Field(1024, ge=1, description="Positions per LM-head/log-softmax chunk (peak = chunk x vocab x 4 bytes).")
     max_tokens: int = Field(32768, ge=2, description="Longer sequences are cut at the end of the completion.")
     think_format: str = Field(THINK_FORMAT, description="How reasoning and answer form the assistant turn.")
     system_prompt: str | None = Field(None, description="Optional system message before the prompt.")
+    vllm_python: str | None = Field(None, description="vllm: teacher: interpreter that has vllm [default: this one if "
+                                    "vllm imports here, else the .venv-vllm built by scripts/setup_vllm_cpu.sh].")
+    vllm_engine_args: dict[str, str] = Field({}, description="vllm: teacher: engine arguments, values as JSON "
+                                             "(max_model_len=4096, dtype=bfloat16).")
 
 
 class CacheLogitsStage(Stage[CacheLogitsConfig]):
@@ -74,6 +79,8 @@ class CacheLogitsStage(Stage[CacheLogitsConfig]):
         self.model = None
         self.tokenizer = None
         self.device = "cpu"
+        self.dtype = "float32"
+        self.vllm = None
 
     # -- declarations ---------------------------------------------------------------------
     @property
@@ -81,11 +88,13 @@ class CacheLogitsStage(Stage[CacheLogitsConfig]):
         """Cache metadata from the tokenizer and model config (no weights needed)."""
         if self._meta is None:
             from curate.trainer.teacher import describe_model, load_tokenizer
+            from curate.trainer.vllm_teacher import model_dir
 
-            tokenizer = self.tokenizer or load_tokenizer(self.config.teacher)
-            info = describe_model(self.config.teacher)
+            path = model_dir(self.config.teacher)
+            tokenizer = self.tokenizer or load_tokenizer(path)
+            info = describe_model(path)
             self._meta = CacheMeta(
-                teacher=self.config.teacher_name or Path(self.config.teacher.rstrip("/")).name,
+                teacher=self.config.teacher_name or Path(path.rstrip("/")).name,
                 revision=info["revision"],
                 tokenizer_hash=tokenizer_hash(tokenizer),
                 k=self.config.k,
@@ -100,18 +109,44 @@ class CacheLogitsStage(Stage[CacheLogitsConfig]):
 
     # -- lifecycle -----------------------------------------------------------------------
     def setup(self) -> None:
-        from curate.trainer.teacher import claim_device, load_causal_lm, load_tokenizer
+        from curate.trainer.teacher import claim_device, inference_dtype, load_causal_lm, load_tokenizer
+        from curate.trainer.vllm_teacher import is_vllm_teacher
 
+        if is_vllm_teacher(self.config.teacher):
+            self._setup_vllm()
+            return
         self.device = claim_device(self.config.device)
         self.tokenizer = load_tokenizer(self.config.teacher)
-        self.model = load_causal_lm(self.config.teacher, device=self.device, dtype=self.config.dtype,
+        self.dtype = inference_dtype(self.config.dtype, self.device)
+        self.model = load_causal_lm(self.config.teacher, device=self.device, dtype=self.dtype,
                                     attn_implementation=self.config.attn_implementation)
         head = self.model.get_output_embeddings().weight.shape[0]
         if head != self.meta.vocab_size:  # trust the LM head over config.vocab_size
             self._meta = CacheMeta(**{**self.meta.__dict__, "vocab_size": int(head)})
 
+    def _setup_vllm(self) -> None:
+        from curate.trainer.teacher import load_tokenizer
+        from curate.trainer.vllm_teacher import VllmTeacher, model_dir, parse_engine_args
+
+        python = self.config.vllm_python
+        if python is None:
+            import importlib.util
+
+            if importlib.util.find_spec("vllm") is None:
+                from curate.generators.vllm_env import vllm_python
+
+                python = str(vllm_python())
+        path = model_dir(self.config.teacher)
+        self.tokenizer = load_tokenizer(path)  # the same files the engine loads
+        self.device, self.dtype = "vllm", str(self.config.vllm_engine_args.get("dtype", "auto"))
+        self.vllm = VllmTeacher(path, k=self.config.k, engine_args=parse_engine_args(self.config.vllm_engine_args),
+                                python=python)
+
     def teardown(self) -> None:
         self.model = None
+        if getattr(self, "vllm", None) is not None:
+            self.vllm.close()
+            self.vllm = None
 
     # -- work ----------------------------------------------------------------------------
     def _scratch_file(self, batch: pa.Table) -> Path | None:
@@ -148,11 +183,14 @@ class CacheLogitsStage(Stage[CacheLogitsConfig]):
         keep = np.flatnonzero(has_completion)
         counts: Counter[str] = Counter()
         results: list = [None] * len(keep)
-        for group, outs in forward_topk(self.model, seqs.input_ids, seqs.completion_start, k=cfg.k,
-                                        token_budget=cfg.token_budget, position_chunk=cfg.position_chunk,
-                                        device=self.device, pad_id=int(self.tokenizer.pad_token_id or 0)):
-            for row, out in zip(group, outs, strict=True):
-                results[row] = out
+        if getattr(self, "vllm", None) is not None:
+            results = self.vllm.topk(seqs.input_ids, seqs.completion_start)
+        else:
+            for group, outs in forward_topk(self.model, seqs.input_ids, seqs.completion_start, k=cfg.k,
+                                            token_budget=cfg.token_budget, position_chunk=cfg.position_chunk,
+                                            device=self.device, pad_id=int(self.tokenizer.pad_token_id or 0)):
+                for row, out in zip(group, outs, strict=True):
+                    results[row] = out
         positions = int(sum(len(r.token_logprob) for r in results))
         k = cfg.k
         table = build_plain_table(
@@ -182,4 +220,5 @@ class CacheLogitsStage(Stage[CacheLogitsConfig]):
     def summarize(self, counts: Counter[str]) -> dict:
         meta = self.meta
         return {"teacher": meta.teacher, "revision": meta.revision, "tokenizer_hash": meta.tokenizer_hash,
-                "k": meta.k, "vocab_size": meta.vocab_size, "codec": meta.codec, "format": meta.format}
+                "k": meta.k, "vocab_size": meta.vocab_size, "codec": meta.codec, "format": meta.format,
+                "dtype": self.dtype}

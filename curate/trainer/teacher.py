@@ -62,6 +62,25 @@ def claim_device(requested: str = "auto") -> str:
     return "cuda:0"
 
 
+def cpu_bf16_supported() -> bool:
+    """Whether oneDNN has native bf16 kernels here (AVX512-BF16 or AMX): without them bf16 matmuls
+    are emulated and slower than float32."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def inference_dtype(name: str, device: str) -> str:
+    """``auto`` for a teacher forward pass: bf16 on CUDA and on CPUs with native bf16, else float32.
+    (Training keeps ``torch_dtype``'s float32-on-CPU default: bf16 weights would stall AdamW.)"""
+    if name != "auto":
+        return name
+    return "bfloat16" if device.startswith("cuda") or cpu_bf16_supported() else "float32"
+
+
 def torch_dtype(name: str, device: str):
     import torch
 
@@ -177,11 +196,15 @@ def chunked_topk(model: Any, hidden, targets, k: int, chunk: int):
     vals, ids, tok = [], [], []
     for start in range(0, hidden.shape[0], chunk):
         logits = _logits(model, hidden[start:start + chunk])
-        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
         top_v, top_i = logits.topk(k, dim=-1)
+        realised = logits.gather(1, targets[start:start + chunk, None])
+        # log-sum-exp shifted by the top-1 that topk already found: one pass fewer over the
+        # [chunk x vocab] block than torch.logsumexp, and exp runs in place (no second block).
+        top1 = top_v[:, :1]
+        lse = logits.sub_(top1).exp_().sum(dim=-1, keepdim=True).log_().add_(top1)
         vals.append(top_v - lse)
         ids.append(top_i.to(torch.int32))
-        tok.append(logits.gather(1, targets[start:start + chunk, None]) - lse)
+        tok.append(realised - lse)
         del logits
     if not vals:
         empty = torch.zeros((0, k), device=hidden.device)
