@@ -490,4 +490,11 @@ def _assemble_signatures(stage: Stage, work_dir: Path) -> None:
 
 
 # Stages whose fit has a distributed form, by stage name; `RayExecutor.fit_state` looks here.
-DISTRIBUTED_FITS: dict[str, Callable[..., dict[str, Any]]] = {"dedup_minhash": minhash_fit}
+def _semantic_fit(*args, **kwargs) -> dict[str, Any]:
+    from curate.ray_semantic import semantic_fit  # imports this module: resolved at call time
+
+    return semantic_fit(*args, **kwargs)
+
+
+DISTRIBUTED_FITS: dict[str, Callable[..., dict[str, Any]]] = {"dedup_minhash": minhash_fit,
+                                                               "dedup_semantic": _semantic_fit}

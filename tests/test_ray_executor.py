@@ -107,6 +107,17 @@ def test_demo_on_ray_fits_minhash_as_partitioned_waves_not_on_the_driver(demo_ru
     assert theirs.summary == mine.summary and mine.summary["linked_pairs"] > 0
 
 
+def test_demo_on_ray_embeds_and_searches_semantic_units_as_waves(demo_runs):
+    local_dir, ray_dir, local, on_ray = demo_runs
+    (step,) = [m.step for m in on_ray if m.stage == "dedup_semantic"]
+    stats = json.loads((ray_dir / step / FIT_STATS).read_text())
+    assert stats["units"] == 70  # one per problem (field: prompt), embedded once, by one slice
+    assert stats["waves"]["embed"]["tasks"] == on_ray[0].parts and "exact" in stats["waves"]
+    mine = next(m for m in local if m.step == step)
+    theirs = next(m for m in on_ray if m.step == step)
+    assert theirs.summary == mine.summary and mine.summary["units"] == 70
+
+
 def test_demo_on_ray_is_skipped_when_run_again(demo_runs, ray_engine):
     _, ray_dir, _, on_ray = demo_runs
     again = run_pipeline(load_pipeline(demo_pipeline_path()), ray_dir, executor=ray_engine, progress=False)
