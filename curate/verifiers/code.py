@@ -4,7 +4,10 @@ and the isolation level used.
 
 Verdicts: pass, wrong_answer, runtime_error, timeout, memory, compile_error, sandbox_error
 (infrastructure failure after retries: never a wrong answer), no_code (the answer has no block
-in the problem's language), no_tests (the row has no usable tests). Rows are never dropped.
+in the problem's language), no_tests (the row has no usable tests), unsupported_language (no
+runner for the problem's language here). Rows are never dropped. Python runs in a warm
+interpreter that forks per case; C++ is compiled with g++ inside the sandbox and the executable
+runs per case (stdin/stdout tests).
 
 Reward hacks that do not pass: `sys.exit(0)` / `os._exit(0)` before the asserts (call-style
 tests must echo a per-case nonce after the last assert), printing the expected output (stdin/
