@@ -232,6 +232,37 @@ def test_a_wrong_key_stops_the_run_with_a_clear_error(judge, monkeypatch):
         run_stage_in_memory(JudgeStage(_config(judge)), _traces(["GOOD"]))
 
 
+def test_a_killed_unit_resumes_from_its_scratch_log_without_asking_twice(judge, tmp_path):
+    from curate.stage import UnitContext, WorkUnit
+
+    def stage_in_unit(**kw):
+        stage = JudgeStage(_config(judge, **kw))
+        stage.unit_context = UnitContext(out_dir=tmp_path, unit=WorkUnit(0, "in.parquet"), scratch=tmp_path / "s")
+        stage.setup()
+        return stage
+
+    table = _traces(["GOOD", "BAD", "FAIL"])
+    first = stage_in_unit().process(table)
+    log = (tmp_path / "s" / "judge.jsonl").read_text().splitlines()
+    assert len(log) == 2  # the two answers; the failed request is not logged
+    # A kill mid-write leaves a torn last line; it is cut off and that request asked again.
+    (tmp_path / "s" / "judge.jsonl").write_text(log[0] + "\n" + log[1][:20])
+    judge.reset()
+    again = stage_in_unit().process(table)
+    # Only the torn answer and the failed one are asked again (the failure with its retry).
+    assert Counter(_user_answer(r) for r in judge.requests) == {"BAD": 1, "FAIL": 2}
+    assert again.table.column("judge__verdict").to_pylist() == first.table.column("judge__verdict").to_pylist() \
+        == ["pass", "fail", "request_error"]
+    # A different prompt template is a different request: nothing is reused.
+    judge.reset()
+    stage_in_unit(template="{answer}\nScore:").process(_traces(["GOOD"]))
+    assert len(judge.requests) == 1
+
+
+def _user_answer(body: dict) -> str:
+    return body["messages"][-1]["content"].split("[Response]\n", 1)[1].split("\n", 1)[0]
+
+
 @pytest.mark.parametrize("bad,message", [
     ({"judge": "vllm:/models/x"}, "must be an openai:BASE_URL#MODEL"),
     ({"judge": "openai:http://h/v1"}, "openai:BASE_URL#MODEL"),

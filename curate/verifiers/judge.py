@@ -4,7 +4,9 @@ whose problems have no checkable answer: no reference answer and no tests.
 The judge is any OpenAI-compatible server, named like a teacher (``openai:BASE_URL#MODEL``),
 and is called through the generators' HTTP client (retries with backoff on 429/5xx/timeouts,
 rate limits, fatal 401/403/404). Requests go out ``max_in_flight`` at a time; identical
-prompts in a batch are asked once. Sampling is greedy by default so a rerun scores alike.
+prompts in a batch are asked once. Sampling is greedy by default so a rerun scores alike. Each
+answer is appended to a log in the unit's scratch folder as it arrives, keyed by the request
+body's hash, so a killed unit resumes without paying for a request twice.
 
 Columns (a verifier never drops a row):
 
@@ -22,15 +24,19 @@ Columns (a verifier never drops a row):
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 import re
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pyarrow as pa
 from pydantic import Field, field_validator
 
+from curate.generators.generate import ResultLog
 from curate.generators.openai_client import (
     FatalHTTPError,
     JsonClient,
@@ -177,36 +183,49 @@ class JudgeStage(Stage[JudgeConfig]):
         return {"model": self.model, "messages": messages, "n": 1, "temperature": cfg.temperature,
                 "max_tokens": cfg.max_tokens, "seed": cfg.seed}
 
-    async def _ask_all(self, prompts: list[list[dict[str, str]]]) -> list[tuple[dict | None, str | None]]:
-        """(response JSON, error) per prompt, in order."""
+    async def _ask_all(self, prompts: list[list[dict[str, str]]], log: ResultLog | None
+                       ) -> list[tuple[dict | None, str | None]]:
+        """(response JSON, error) per prompt, in order; answers already in ``log`` are reused."""
         cfg = self.config
+        bodies = [self._body(p) for p in prompts]
+        keys = [hashlib.sha256(json.dumps(b, sort_keys=True).encode()).hexdigest() for b in bodies]
+        done = {r["key"]: r["data"] for r in log.load()} if log is not None else {}
+        results: list[tuple[dict | None, str | None]] = [(done.get(k), None) for k in keys]
+        todo = iter([i for i, k in enumerate(keys) if k not in done])
         client = JsonClient(self.base_url, api_key=self._api_key(), timeout_s=cfg.timeout_s,
                             max_in_flight=cfg.max_in_flight,
                             retry=RetryPolicy(cfg.max_retries, cfg.backoff_s, max(cfg.backoff_s, 60.0)),
                             limiter=RateLimiter(cfg.requests_per_minute, None),
                             where=f"judge {self.model} at {redact_url(self.base_url)}")
-        results: list[tuple[dict | None, str | None]] = [(None, None)] * len(prompts)
-        todo = iter(range(len(prompts)))
 
         async def worker() -> None:
             for i in todo:  # a shared iterator: each prompt is taken by one worker
                 try:
-                    data, _, _ = await client.post("/chat/completions", self._body(prompts[i]))
-                    results[i] = (data, None)
+                    data, _, _ = await client.post("/chat/completions", bodies[i])
                 except RequestFailed as exc:
+                    # Not logged: a resumed unit asks again (the server may be back).
                     results[i] = (None, exc.reason)
+                    continue
+                results[i] = (data, None)
+                if log is not None:
+                    log.append({"key": keys[i], "data": data})
 
         try:
             await asyncio.gather(*(worker() for _ in range(min(cfg.max_in_flight, len(prompts)))))
         finally:
             await client.aclose()
+            if log is not None:
+                log.close()
         return results
 
     def _ask(self, prompts: list[list[dict[str, str]]]) -> list[tuple[dict | None, str | None]]:
         if not prompts:
             return []
+        ctx = self.unit_context
+        # One log per unit: keys are content hashes, so batches need no numbering.
+        log = ResultLog(Path(ctx.scratch) / "judge.jsonl") if ctx is not None else None
         try:
-            return run_async(self._ask_all(prompts))
+            return run_async(self._ask_all(prompts, log))
         except FatalHTTPError as exc:
             raise JudgeError(str(exc).replace("api_key_env", f"api_key_env ({self.config.api_key_env or 'none set'})")) \
                 from None
