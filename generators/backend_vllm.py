@@ -273,7 +273,8 @@ class EngineHandle:
         line = self._results.readline()
         if not line:
             code = self._child.wait()
-            raise GenerationError(f"teacher {who}: the vLLM engine process exited (code {code})")
+            raise GenerationError(f"teacher {who}: the vLLM engine process exited (code {code}); "
+                                  "its own log, with the cause, is in this run's stderr just above")
         return json.loads(line)
 
     def run_jobs(self, jobs: list[tuple[Any, list, Any]]) -> None:

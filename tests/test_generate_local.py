@@ -278,3 +278,12 @@ def test_vllm_logprobs_become_a_topk_v1_cache_the_trainer_reads(tiny, vllm_run, 
     with pytest.raises(CacheFormatError, match="row 0 has k=2, the cache says k=3"):
         generated_cache_table(traces, prompt_ids, CacheMeta(teacher=teacher, revision="r", tokenizer_hash="h", k=3,
                                                             vocab_size=len(tokenizer)))
+
+
+def test_vllm_engine_interpreter_that_does_not_exist_is_a_clear_error(tmp_path):
+    from curate.generators.backend_base import GenerationError
+
+    stage = GenerateStage(GenerateConfig(teacher=[f"vllm:{tmp_path / 'nope'} python={tmp_path / 'no-python'}"],
+                                         progress=False))
+    with pytest.raises(GenerationError, match=f"teacher {tmp_path / 'nope'}: python={tmp_path / 'no-python'} does not exist"):
+        run_stage_in_memory(stage, problems(["a"]))
