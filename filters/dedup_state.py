@@ -14,7 +14,9 @@ import pyarrow as pa
 def sorted_state(state: pa.Table | None, key: str = "trace_id") -> pl.DataFrame | None:
     if state is None:
         return None
-    return pl.from_arrow(state).sort(key)
+    frame = pl.from_arrow(state)
+    # fits write their state sorted: a check is ~50x cheaper than re-sorting a million strings
+    return frame if frame[key].is_sorted() else frame.sort(key)
 
 
 def join_sorted(batch: pa.Table, state: pl.DataFrame, key: str = "trace_id") -> pl.DataFrame:
