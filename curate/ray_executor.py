@@ -140,9 +140,13 @@ class RayExecutor(Executor):
         *,
         max_retries: int = DEFAULT_MAX_RETRIES,
         runtime_env: dict[str, Any] | None = None,
+        num_gpus: int | None = None,
     ):
         self.address = address
         self.workers = workers
+        # GPUs of a cluster this executor starts itself (Ray detects real ones; tests declare
+        # logical GPUs to see what GPU stages are granted).
+        self.num_gpus = num_gpus
         self.max_retries = max_retries
         self.runtime_env = runtime_env
         # Filled by `run`: pid -> peak RSS of every worker that ran a unit (for benches, docs).
@@ -166,6 +170,8 @@ class RayExecutor(Executor):
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             if self.workers:
                 kwargs["num_cpus"] = self.workers
+            if self.num_gpus is not None:
+                kwargs["num_gpus"] = self.num_gpus
         ray.init(**kwargs)
         return ray
 
@@ -222,6 +228,16 @@ class RayExecutor(Executor):
             atomic_write_json(Path(out_dir) / FIT_STATS, self.last_fit_stats)
         return path
 
+    def placement(self, stage: Stage, n_units: int) -> dict[str, Any]:
+        """What the stage's workers ask Ray for: an actor pool (model-holding and GPU stages) or
+        tasks, how many at once, and CPUs and GPUs each. With `gpus=1` that is one engine per GPU;
+        with `gpus=TP` one per tensor-parallel group, and units are split among them."""
+        out: dict[str, Any] = {"actors": uses_actors(stage), "workers": self.workers_for(stage, n_units),
+                               "num_cpus": self.cpus_per_worker(stage)}
+        if stage.resources.gpus:
+            out["num_gpus"] = stage.resources.gpus
+        return out
+
     # -- run -------------------------------------------------------------------------------
     def run(self, stage, units, out_dir, state_path) -> Iterator[UnitStats]:
         if not units:
@@ -232,9 +248,8 @@ class RayExecutor(Executor):
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = False  # the runner draws one bar in rows
         ctx.print_on_execution_start = False
-        n = self.workers_for(stage, len(units))
-        res = stage.resources
-        per_worker = self.cpus_per_worker(stage)
+        place = self.placement(stage, len(units))
+        n, per_worker = place["workers"], place["num_cpus"]
         threads = str(max(1, int(per_worker)))
         items = [{"unit": json.dumps(u.to_json())} for u in units]
         # One unit per block and per call: a unit is the unit of scheduling and of retry.
@@ -247,14 +262,14 @@ class RayExecutor(Executor):
             # Thread pools (polars, Arrow, BLAS, torch) sized to the worker's CPUs, not the node's.
             "runtime_env": {"env_vars": dict.fromkeys(_THREAD_ENV, threads)},
         }
-        if res.gpus:
-            common["num_gpus"] = res.gpus
+        if "num_gpus" in place:
+            common["num_gpus"] = place["num_gpus"]
         args = {"stage": stage, "out_dir": str(out_dir), "state_path": str(state_path) if state_path else None}
         with warnings.catch_warnings():
             # Ray 2.60 deprecates passing remote args as keywords but names no replacement for
             # max_retries / max_restarts / max_task_retries yet; bounded retries matter more.
             warnings.simplefilter("ignore", DeprecationWarning)
-            if uses_actors(stage):
+            if place["actors"]:
                 ds = ds.map_batches(
                     UnitActor, fn_constructor_kwargs=args,
                     compute=ActorPoolStrategy(size=n, max_tasks_in_flight_per_actor=1),

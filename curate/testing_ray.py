@@ -67,3 +67,46 @@ class KillOnceModelStage(KillOnceStage):
 
     name = "kill_once_model"
     resources = Resources(cpus=1.0, stateful=True)
+
+
+def local_test_engine():
+    """The local cluster the Ray tests share: 2 CPUs and 2 *logical* GPUs. Ray grants logical GPUs
+    like real ones (an id each, CUDA_VISIBLE_DEVICES set), so tests see what GPU stages are given
+    without a GPU; stages that really need CUDA are not run on it."""
+    from curate.ray_executor import RayExecutor
+
+    return RayExecutor(workers=2, num_gpus=2)
+
+
+class GpuProbeConfig(StageConfig):
+    setups_log: str
+
+
+class GpuProbeStage(Stage[GpuProbeConfig]):
+    """Records the GPUs Ray granted its worker: `probe__gpus` on every row, a line per setup()."""
+
+    name = "gpu_probe"
+    config_model = GpuProbeConfig
+    score_namespace = "probe"
+    requires = ("trace_id",)
+    resources = Resources(cpus=1, gpus=1, stateful=True)
+
+    def output_fields(self) -> list[pa.Field]:
+        return [pa.field(self.col("gpus"), pa.string())]
+
+    def setup(self) -> None:
+        import ray
+
+        self._gpus = ",".join(str(g) for g in sorted(ray.get_gpu_ids()))
+        with open(self.config.setups_log, "a") as handle:
+            handle.write(f"{os.getpid()} {self._gpus} {os.environ.get('CUDA_VISIBLE_DEVICES', '')}\n")
+
+    def process(self, batch: pa.Table) -> BatchResult:
+        return BatchResult(batch.append_column(self.col("gpus"), pa.array([self._gpus] * batch.num_rows)))
+
+
+class TensorParallelProbeStage(GpuProbeStage):
+    """The same, declared as one engine over a tensor-parallel group of 2 GPUs."""
+
+    name = "gpu_probe_tp"
+    resources = Resources(cpus=1, gpus=2, stateful=True)

@@ -22,16 +22,16 @@ from curate.executors import make_executor  # noqa: E402
 from curate.io import part_files  # noqa: E402
 from curate.manifest import Manifest  # noqa: E402
 from curate.pipeline import load_pipeline, run_pipeline  # noqa: E402
-from curate.ray_executor import FIT_STATS, RayExecutor, uses_actors  # noqa: E402
+from curate.ray_executor import FIT_STATS, uses_actors  # noqa: E402
 from curate.runner import run_stage  # noqa: E402
-from curate.testing_ray import KillOnceConfig, KillOnceModelStage, KillOnceStage  # noqa: E402
+from curate.testing_ray import KillOnceConfig, KillOnceModelStage, KillOnceStage, local_test_engine  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="session")
 def ray_engine():
-    engine = RayExecutor(workers=2)
+    engine = local_test_engine()
     engine.ensure_ray()
     assert ray.cluster_resources()["CPU"] == 2
     yield engine
@@ -200,8 +200,8 @@ def test_gpu_stage_on_a_cluster_without_gpus_fails_clearly(ray_engine):
 
     class NeedsGpu(KillOnceStage):
         name = "needs_gpu"
-        resources = Resources(cpus=1, gpus=1, stateful=True)
+        resources = Resources(cpus=1, gpus=4, stateful=True)
 
     stage = NeedsGpu(KillOnceConfig(marker="/nonexistent"))
-    with pytest.raises(RuntimeError, match="needs 1 GPU"):
+    with pytest.raises(RuntimeError, match=r"needs 4 GPU\(s\) per worker; the Ray cluster \(local\) has 2"):
         ray_engine.workers_for(stage, 4)

@@ -112,9 +112,9 @@ def ray_engine():
     """The 2-CPU local cluster (shared with tests/test_ray_executor.py when both run: Ray is
     initialised once per process)."""
     ray = pytest.importorskip("ray")
-    from curate.ray_executor import RayExecutor
+    from curate.testing_ray import local_test_engine
 
-    engine = RayExecutor(workers=2)
+    engine = local_test_engine()
     engine.ensure_ray()
     assert ray.cluster_resources()["CPU"] == 2
     yield engine

@@ -136,9 +136,9 @@ def test_semantic_fit_on_a_ray_cluster_equals_the_local_fit(tmp_path, ray_engine
 @pytest.fixture(scope="session")
 def ray_engine():
     ray = pytest.importorskip("ray")
-    from curate.ray_executor import RayExecutor
+    from curate.testing_ray import local_test_engine
 
-    engine = RayExecutor(workers=2)
+    engine = local_test_engine()
     engine.ensure_ray()
     assert ray.cluster_resources()["CPU"] == 2
     yield engine
