@@ -142,6 +142,8 @@ def main() -> None:
         return statistics.median(tokens / seconds for seconds, tokens in runs)
 
     plain_tps, backend_tps = tps(plain_runs), tps(backend_runs)
+    # each round's backend run against the plain run just before it: the spread shows the noise
+    paired = sorted((bt / bs) / (pt / ps) for (ps, pt), (bs, bt) in zip(plain_runs, backend_runs, strict=True))
     same_tokens = {t for _, t in plain_runs} == {t for _, t in backend_runs}
     requests = args.problems * args.n
     rows = [
@@ -161,6 +163,9 @@ def main() -> None:
         f"rounds {min(loads):.1f}-{max(loads):.1f} (the machine is shared). Engine load {load_s:.0f} s (not timed).",
         "",
         header, *lines,
+        "",
+        f"Per-round paired ratios (backend / the plain run just before it): "
+        f"{', '.join(f'{r:.3f}' for r in paired)}.",
         "",
         f"Same seeds, so both sides produce the same tokens: {'yes' if same_tokens else 'NO (token counts differ)'}. "
         "On CPU with a tiny model each engine step is cheap, so this ratio is an upper bound on the backend's "

@@ -125,13 +125,17 @@ class Engine:
         first step; records come back as requests finish, tagged with their job's index."""
         engine = self.llm.llm_engine
         submitted: dict[str, tuple[dict[str, Any], int, int, float]] = {}
+        prompt_ids: dict[str, list[int]] = {}  # the n samples of a problem share one prompt: render it once
         for job, (sampling, chat, requests) in enumerate(jobs):
             k = int(sampling.get("logprobs") or 0)
             params = {}
             for i, request in enumerate(requests):
                 request_id = f"j{job}r{i}"
                 try:
-                    ids = self._prompt_ids(request, chat)
+                    key = json.dumps([chat, request.get("messages"), request.get("prompt")])
+                    ids = prompt_ids.get(key)
+                    if ids is None:
+                        ids = prompt_ids[key] = self._prompt_ids(request, chat)
                     seed = request["seed"]
                     if seed not in params:
                         params[seed] = self._params(sampling, seed)
