@@ -138,3 +138,43 @@ def test_divergence_scores_and_tokenizer_mismatch(models, tmp_path):
     assert (scored["divergence__tokens"] > 0).all() and out["divergence__kd"].null_count() == 3
     with pytest.raises(TokenizerMismatchError, match="student"):
         DivergenceStage(DivergenceConfig(cache=str(cache), student=str(models["other"]))).setup()
+
+
+@pytest.mark.parametrize(("vocab", "k", "block"), [(1000, 8, 16), (1024, 4, 64), (5003, 32, 64), (300, 32, 64)])
+def test_block_topk_equals_torch_topk(vocab, k, block):
+    from curate.trainer.teacher import block_topk
+
+    gen = torch.Generator().manual_seed(vocab)
+    x = torch.randn(37, vocab, generator=gen) * 4
+    x[0, -1] = 100.0  # the winner in the short last block
+    x[1, :] = -3.0  # all tied: any k ids, the same values
+    x[1, 5] = 0.0
+    values, ids = block_topk(x, k, block)
+    ref = x.topk(k, dim=-1)
+    assert torch.equal(values, ref.values)
+    assert torch.equal(ids[2:], ref.indices[2:]) and ids[0, 0] == vocab - 1 and ids[1, 0] == 5
+    assert torch.equal(x.gather(1, ids), values) and all(len(set(r.tolist())) == k for r in ids)
+
+
+def test_data_parallel_workers_claim_different_gpus(tmp_path, monkeypatch, caplog):
+    """--device auto on a 3-GPU machine: each worker locks a free GPU; a fourth shares cuda:0."""
+    import tempfile
+
+    from curate.trainer import teacher
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
+    monkeypatch.setattr(teacher, "_LOCKS", [])
+    assert [teacher.claim_device("auto") for _ in range(3)] == ["cuda:0", "cuda:1", "cuda:2"]
+    assert sorted(p.name for p in (tmp_path / "curate-gpu-locks").iterdir()) == [
+        "4-5-6-0.lock", "4-5-6-1.lock", "4-5-6-2.lock"]
+    assert teacher.claim_device("auto") == "cuda:0" and "all 3 GPUs are claimed" in caplog.text
+    assert teacher.claim_device("cuda:2") == "cuda:2"  # an explicit device is taken as given
+    for handle in teacher._LOCKS:  # a worker that exits frees its GPU for the next one
+        handle.close()
+    teacher._LOCKS.clear()
+    assert teacher.claim_device("auto") == "cuda:0"
+    for handle in teacher._LOCKS:
+        handle.close()

@@ -189,3 +189,42 @@ def test_cli_train_and_export(setup_run, tmp_path):
     assert result.exit_code == 0 and "24 rows" in result.output
     result = runner.invoke(app, ["export", str(setup_run["traces"]), "--format", "trl-kd", "--out", str(tmp_path / "b")])
     assert result.exit_code == 2 and "pass --cache" in result.output
+
+
+def test_trl_trainers_run_on_the_exports(setup_run, tmp_path):
+    """The documented KDTrainer (TRL SFTTrainer + TopkCollator + kd_loss_from_batch) takes optimizer
+    steps on the trl-kd export and lowers its KD loss; SFTTrainer trains on the `trl` export."""
+    pytest.importorskip("trl")
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from curate.trainer.export import TopkCollator, export, kd_loss_from_batch
+
+    tok = AutoTokenizer.from_pretrained(setup_run["student"])
+    export(setup_run["traces"], tmp_path / "trl-kd", "trl-kd", cache=setup_run["cache"])
+    ds = load_dataset("parquet", data_files=str(tmp_path / "trl-kd" / "train.parquet"), split="train")
+    collator = TopkCollator(k=16, pad_id=tok.pad_token_id)
+    losses = []
+
+    class KDTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+            out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            loss = kd_loss_from_batch(out.logits, inputs, mix=1.0)
+            losses.append(float(loss.detach()))
+            return (loss, out) if return_outputs else loss
+
+    common = dict(max_steps=6, per_device_train_batch_size=4, learning_rate=3e-3, report_to=[], save_strategy="no",
+                  logging_steps=50, use_cpu=True, seed=0, lr_scheduler_type="constant")
+    student = AutoModelForCausalLM.from_pretrained(setup_run["student"])
+    KDTrainer(model=student, train_dataset=ds, data_collator=collator, processing_class=tok,
+              args=SFTConfig(output_dir=str(tmp_path / "kd-out"), remove_unused_columns=False,
+                             dataset_kwargs={"skip_prepare_dataset": True}, **common)).train()
+    assert len(losses) == 6 and np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2]), losses
+
+    export(setup_run["traces"], tmp_path / "trl", "trl")
+    sft = load_dataset("json", data_files=str(tmp_path / "trl" / "train.jsonl"), split="train")
+    result = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(setup_run["student"]), train_dataset=sft,
+                        processing_class=tok, args=SFTConfig(output_dir=str(tmp_path / "sft-out"),
+                                                             **{**common, "max_steps": 1})).train()
+    assert result.global_step == 1 and np.isfinite(result.training_loss)

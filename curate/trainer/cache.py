@@ -48,7 +48,8 @@ class CacheLogitsConfig(StageConfig):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="auto: bf16 on GPU and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32.")
     attn_implementation: str | None = Field(None, description="e.g. sdpa or flash_attention_2 [default: transformers' choice].")
     token_budget: int = Field(16384, ge=1, description="Padded tokens per forward batch (rows x longest).")
-    position_chunk: int = Field(1024, ge=1, description="Positions per LM-head/log-softmax chunk (peak = chunk x vocab x 4 bytes).")
+    position_chunk: int | None = Field(None, ge=1, description="Positions per LM-head/log-softmax chunk (peak = chunk x "
+                                       "vocab x 4 bytes) [default: 1024 on GPU, 128 on CPU, where a small block stays in cache].")
     max_tokens: int = Field(32768, ge=2, description="Longer sequences are cut at the end of the completion.")
     think_format: str = Field(THINK_FORMAT, description="How reasoning and answer form the assistant turn.")
     system_prompt: str | None = Field(None, description="Optional system message before the prompt.")
@@ -187,7 +188,8 @@ class CacheLogitsStage(Stage[CacheLogitsConfig]):
             results = self.vllm.topk(seqs.input_ids, seqs.completion_start)
         else:
             for group, outs in forward_topk(self.model, seqs.input_ids, seqs.completion_start, k=cfg.k,
-                                            token_budget=cfg.token_budget, position_chunk=cfg.position_chunk,
+                                            token_budget=cfg.token_budget, position_chunk=cfg.position_chunk or (
+                                                128 if self.device == "cpu" else 1024),
                                             device=self.device, pad_id=int(self.tokenizer.pad_token_id or 0)):
                 for row, out in zip(group, outs, strict=True):
                     results[row] = out
