@@ -132,10 +132,13 @@ class Engine:
             for i, request in enumerate(requests):
                 request_id = f"j{job}r{i}"
                 try:
-                    key = json.dumps([chat, request.get("messages"), request.get("prompt")])
-                    ids = prompt_ids.get(key)
-                    if ids is None:
-                        ids = prompt_ids[key] = self._prompt_ids(request, chat)
+                    if request.get("prompt_token_ids") is not None:  # already tokenised: nothing to share
+                        ids = self._prompt_ids(request, chat)
+                    else:
+                        key = json.dumps([chat, request.get("messages"), request.get("prompt")])
+                        ids = prompt_ids.get(key)
+                        if ids is None:
+                            ids = prompt_ids[key] = self._prompt_ids(request, chat)
                     seed = request["seed"]
                     if seed not in params:
                         params[seed] = self._params(sampling, seed)
