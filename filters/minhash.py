@@ -27,6 +27,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from functools import lru_cache
 from itertools import chain
 from pathlib import Path
 
@@ -86,6 +87,7 @@ def signatures(hashes: np.ndarray, offsets: np.ndarray, num_perm: int, seed: int
     return flat.reshape(rows, num_perm)
 
 
+@lru_cache(maxsize=64)  # ~40 ms of numpy per call; every sub-batch asks
 def lsh_params(threshold: float, num_perm: int, fp_weight: float = 0.5) -> tuple[int, int]:
     """(bands, rows) minimising fp_weight * P(false positive) + (1 - fp_weight) * P(false negative),
     each integrated over its side of the threshold (datasketch's `_optimal_param`)."""
