@@ -186,6 +186,60 @@ Other teachers' traces of the same problem are the hard negatives. (`filters/ded
 """
 
 
+def cpu_profile(work: Path, rows: int) -> str:
+    """CPU seconds per million rows of each step of our fit and process pass, one thread, on the
+    first `rows` rows: where the time goes, independent of how busy the machine is."""
+    import itertools
+
+    import rensa
+
+    from curate.filters import minhash as mh
+    from curate.filters.dedup_state import join_sorted, sorted_state
+    from curate.filters.verdicts import verified_expr
+    from curate.runner import _Rescan
+
+    stage = mh.MinHashDedupStage(mh.MinHashConfig(threshold=0.8, threads=1))
+    files = sorted(str(p) for p in (work / "data").glob("part-*.parquet"))
+    need = -(-rows // SHARD_ROWS)
+    files = files[:need]
+    cost: dict[str, float] = {}
+
+    def timed(name, fn, *a):
+        t = time.process_time()
+        out = fn(*a)
+        cost[name] = cost.get(name, 0.0) + time.process_time() - t
+        return out
+
+    batches = timed("read the fit columns (pyarrow, 1 pass)", lambda: list(_Rescan(files, list(stage.fit_columns))))
+    n = sum(b.num_rows for b in batches)
+    bands, r = stage.lsh()
+    mh.shingle_hashes(pl.Series(["warm up the compiled loops"]), 5)
+    for _, part in stage._sub_batches(batches):
+        texts = timed("text = reasoning + answer, survivor columns (polars)", lambda p=part: (
+            p.select(mh.text_expr("response")).to_series(),
+            p.select("trace_id", pl.col("teacher").cast(pl.Utf8), verified_expr(p.columns).alias("_v"))))[0]
+        h, o, _ = timed("tokenise + word and 5-gram hashes (numba)", mh.shingle_hashes, texts, 5)
+        m = timed("rensa digest_matrix_from_flat_token_hashes", rensa.RMinHash.digest_matrix_from_flat_token_hashes,
+                  h, o.astype(np.uint64), 128, 42)
+        rows_ = timed("rensa to_rows() (Python lists, holds the GIL)", m.to_rows)
+        sig = timed("lists -> numpy", lambda x=rows_: np.fromiter(itertools.chain.from_iterable(x), np.uint32,
+                                                                  len(x) * 128).reshape(len(x), 128))
+        timed("band keys", mh.band_keys, sig, bands, r)
+    state_path = work / "ours" / "_state.parquet"  # left by the last full run
+    if state_path.exists():
+        state = pq.read_table(state_path)
+        srt = timed("process pass: load the sorted state", sorted_state, state)
+        for f in files:
+            t = timed("process pass: read all columns", pq.read_table, f)
+            out = timed("process pass: join the state", lambda t=t: join_sorted(t, srt).to_arrow())
+            timed("process pass: write the shard (zstd)", lambda o=out: pq.write_table(o, "/dev/null", compression="zstd"))
+    total = sum(cost.values())
+    lines = ["| step | CPU s per 1M rows | share |", "|---|---:|---:|"]
+    lines += [f"| {k} | {v * 1e6 / n:.1f} | {v / total:.0%} |" for k, v in cost.items()]
+    lines.append(f"| total of these steps | {total * 1e6 / n:.1f} | |")
+    return "\n".join(lines)
+
+
 def measured(side: str, args, work: Path) -> dict:
     cmd = [sys.executable, __file__, "--side", side, "--data", str(work / "data"), "--work", str(work),
            "--threshold", str(args.threshold), "--baseline-rows", str(args.baseline_rows)]
@@ -211,6 +265,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, default=None, help="keep data here (reused when present)")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    parser.add_argument("--profile", type=int, metavar="ROWS", default=None,
+                        help="only the one-thread CPU profile of our steps on this many rows (needs --work with data)")
     parser.add_argument("--accuracy", type=int, metavar="PER_SOURCE", default=None,
                         help="only the accuracy run, on this many originals per real source")
     args = parser.parse_args()
@@ -219,6 +275,9 @@ def main() -> None:
         print(md)
         if not args.no_write:
             write_section("minhash-accuracy", md)
+        return
+    if args.profile:
+        print(cpu_profile(args.work, args.profile))
         return
     if args.side == "ours":
         print(json.dumps(run_ours(args.data, args.work, args.threshold)))
