@@ -178,3 +178,26 @@ def test_data_parallel_workers_claim_different_gpus(tmp_path, monkeypatch, caplo
     assert teacher.claim_device("auto") == "cuda:0"
     for handle in teacher._LOCKS:
         handle.close()
+
+
+def test_padded_batches_equal_unpadded_sequences(models):
+    """The GPU layout (padded token-budget batches, masked attention) gives the CPU layout's values."""
+    from transformers import AutoModelForCausalLM
+
+    from curate.trainer.sequences import trace_sequences
+    from curate.trainer.teacher import forward_topk, load_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(models["teacher"], dtype=torch.float32).eval()
+    seqs = trace_sequences(load_tokenizer(str(models["teacher"])), traces(7), max_tokens=512)[0]
+    runs = {}
+    for per_sequence in (False, True):
+        rows = {}
+        for group, outs in forward_topk(model, seqs.input_ids, seqs.completion_start, k=4, token_budget=150,
+                                        position_chunk=7, device="cpu", per_sequence=per_sequence):
+            rows.update(zip(group.tolist(), outs, strict=True))
+        runs[per_sequence] = [rows[i] for i in range(len(seqs.input_ids))]
+    assert len(runs[False]) == 6 and sum(len(r.token_logprob) for r in runs[False]) > 100
+    for a, b in zip(runs[False], runs[True], strict=True):
+        assert (a.topk_ids == b.topk_ids).all()
+        np.testing.assert_allclose(a.topk_logprobs, b.topk_logprobs, atol=1e-4)
+        np.testing.assert_allclose(a.token_logprob, b.token_logprob, atol=1e-4)

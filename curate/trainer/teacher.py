@@ -282,12 +282,16 @@ def forward_topk(
     position_chunk: int,
     device: str,
     pad_id: int = 0,
+    per_sequence: bool | None = None,
 ) -> Iterator[tuple[np.ndarray, list[TopkResult]]]:
     """Yield (row indices, results) per token-budget batch; batch i's host work overlaps batch
     i+1's device work on CUDA."""
     import torch
 
     lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+    # On CPU a long sequence alone already fills the matmuls, and without padding attention takes
+    # the causal (flash) kernel instead of the masked one; GPUs need the batch.
+    per_sequence = device == "cpu" if per_sequence is None else per_sequence
     copier = _HostCopy(device)
     pending: tuple | None = None
     with torch.inference_mode():
@@ -301,15 +305,29 @@ def forward_topk(
             mask = mask.pin_memory().to(device, non_blocking=True) if non_blocking else mask
             flat_t = torch.from_numpy(flat).to(device, non_blocking=non_blocking)
             targets_t = torch.from_numpy(targets).to(device, non_blocking=non_blocking)
-            hidden = hidden_states(model, ids, mask)
-            picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat_t)
-            del hidden
+            if per_sequence:
+                picked = _unpadded_hidden(model, batch, batch_starts)
+            else:
+                hidden = hidden_states(model, ids, mask)
+                picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat_t)
+                del hidden
             handle = copier.start(chunked_topk(model, picked, targets_t, k, position_chunk))
             if pending is not None:
                 yield _split(*pending)
             pending = (group, batch, batch_starts, handle)
         if pending is not None:
             yield _split(*pending)
+
+
+def _unpadded_hidden(model: Any, batch: list[np.ndarray], starts: list[int]):
+    """Hidden states at the completion positions, one unpadded sequence per decoder call."""
+    import torch
+
+    picked = []
+    for seq, start in zip(batch, starts, strict=True):
+        ids = torch.from_numpy(seq.astype(np.int64))[None]
+        picked.append(hidden_states(model, ids, None)[0, start - 1:-1])
+    return torch.cat(picked)
 
 
 def _split(group: np.ndarray, batch: list[np.ndarray], starts: list[int], handle: tuple):
