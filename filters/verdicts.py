@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import polars as pl
 
-VERIFIED = {"math__verdict": "correct", "code__verdict": "pass"}
-# verdicts that say nothing about correctness (no reference, infrastructure failure)
-UNCHECKED = {"no_reference", "no_tests", "sandbox_error", "no_code"}
+from curate.schemas.verdicts import UNCHECKED, VERIFIED
+
+__all__ = ["UNCHECKED", "VERIFIED", "checked_expr", "verified_expr"]
 
 
 def verified_expr(columns: list[str]) -> pl.Expr:

@@ -21,11 +21,8 @@ from curate import __version__
 from curate.cards.layout import RunLayout
 from curate.duck import fetch_arrow
 from curate.io import REJECTS, count_rows, part_files
+from curate.schemas.verdicts import UNCHECKED, VERIFIED
 
-# What counts as verified / as a real verdict; mirrors curate.filters.verdicts (kept here so a
-# card never depends on a filter module being importable).
-VERIFIED = {"math__verdict": "correct", "code__verdict": "pass"}
-UNCHECKED = ("no_reference", "no_tests", "sandbox_error", "no_code")
 BUCKET_ORDER = ("trivial", "easy", "medium", "hard", "unsolved", "unknown")
 # (label, stage, cluster column, survivor column, unit); unit None: from the stage's `field`
 # config (prompt -> problems, anything else -> traces).
