@@ -449,12 +449,20 @@ def minhash_fit(
         remove_tree(work_dir)
     public = {"rows_fit": n, **{k: stats[k] for k in ("candidate_pairs", "linked_pairs",
                                                       "clusters_with_duplicates")}}
+    # The local fit's phases, from the waves that do their work (wall seconds of the whole wave).
+    seconds = {k: v["seconds"] for k, v in stats["waves"].items()}
+    reread = sum(seconds.get(k, 0) for k in ("endpoints", "jaccard"))
+    public["fit_seconds"] = {"signatures": round(seconds.get("signatures", 0) + seconds.get("buckets", 0), 2),
+                             "candidate_reread": round(reread, 2),
+                             "graph_and_survivors": round(sum(seconds.values()) - reread - seconds.get(
+                                 "signatures", 0) - seconds.get("buckets", 0), 2)}
     stage._fit_stats = public  # what the manifest summary reports, as after a local fit
     return stats
 
 
 def _assemble_state(stage: Stage, work_dir: Path, state_path: Path, memory_limit: str) -> None:
-    """One pass: first row per trace_id (as the local fit's unique(keep=first)), in row order."""
+    """One pass: first row per trace_id (as the local fit's unique(keep=first)), sorted by trace_id
+    as the local fits write it (workers then skip the sort in `sorted_state`)."""
     files = _files(work_dir / "state")
     if files == "[]":
         write_table(state_path, stage._empty_state())
@@ -462,7 +470,7 @@ def _assemble_state(stage: Stage, work_dir: Path, state_path: Path, memory_limit
     con = _duck(memory_limit)
     names = ", ".join(f'"{f.name}"' for f in stage.output_fields())
     _copy(con, f"SELECT trace_id, {names} FROM read_parquet({files}) "
-               f"QUALIFY row_number() OVER (PARTITION BY trace_id ORDER BY row) = 1 ORDER BY row", state_path)
+               f"QUALIFY row_number() OVER (PARTITION BY trace_id ORDER BY row) = 1 ORDER BY trace_id", state_path)
 
 
 def _assemble_signatures(stage: Stage, work_dir: Path) -> None:

@@ -104,7 +104,9 @@ def test_demo_on_ray_fits_minhash_as_partitioned_waves_not_on_the_driver(demo_ru
     # The demo has near-duplicates, and the summary the manifest shows is the local fit's.
     mine = next(m for m in local if m.step == step)
     theirs = next(m for m in on_ray if m.step == step)
-    assert theirs.summary == mine.summary and mine.summary["linked_pairs"] > 0
+    timeless = {k: v for k, v in mine.summary.items() if k != "fit_seconds"}
+    assert {k: v for k, v in theirs.summary.items() if k != "fit_seconds"} == timeless
+    assert set(theirs.summary["fit_seconds"]) == set(mine.summary["fit_seconds"]) and timeless["linked_pairs"] > 0
 
 
 def test_demo_on_ray_embeds_and_searches_semantic_units_as_waves(demo_runs):
