@@ -123,7 +123,8 @@ def _word_hashes(data: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.
     """(word hashes, words per row, [k, 3] start byte / word index / end byte of wide words)."""
     rows = len(offsets) - 1
     capacity = (int(offsets[-1] - offsets[0]) + rows) // 2 + 1  # a word takes a byte and a separator
-    hashes, wide_at = np.empty(capacity, np.uint64), np.empty((capacity, 3), np.int64)  # pages touched as used
+    wide_words = min(capacity, int(np.count_nonzero(data[offsets[0]: offsets[-1]] >= 0x80)))
+    hashes, wide_at = np.empty(capacity, np.uint64), np.empty((wide_words, 3), np.int64)
     counts = np.empty(rows, np.int64)
     n, n_wide = _words_kernel(data, offsets, _SEP, _LOWER, hashes, counts, wide_at)
     return hashes[:n], counts, wide_at[:n_wide]

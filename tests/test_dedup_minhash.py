@@ -133,3 +133,11 @@ def test_byte_tokeniser_matches_lower_then_split_on_separators():
     assert hashes.tolist() == alone.tolist()
     assert reference[2] == ["σας", "σας"] and hashes[offsets[2]] == hashes[offsets[2] + 1]
     assert len(set(hashes.tolist())) == len({w for r in reference for w in r})
+
+
+def test_candidate_edges_same_for_packed_sort_and_wide_row_ids():
+    rng = np.random.default_rng(3)
+    keys = rng.integers(0, 4, size=(40, 3)).astype(np.uint64)  # few distinct keys: big buckets
+    small = candidate_edges(keys, np.arange(40), window=2)
+    wide = candidate_edges(keys, np.arange(40) + 2**30, window=2)  # past the packed sort's 24 row bits
+    assert len(small) and (wide - 2**30).tolist() == small.tolist()
