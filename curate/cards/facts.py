@@ -461,4 +461,17 @@ def collect(layout: RunLayout) -> Facts:
         }
     finally:
         q.con.close()
-    return Facts(data, arrays)
+    return Facts(_stable_floats(data), arrays)
+
+
+def _stable_floats(value: Any) -> Any:
+    """DuckDB sums floats in parallel, so an average can differ in its last bits from one query to
+    the next; 12 significant digits make the facts (and so the card and its plot digest) the same
+    for the same run."""
+    if isinstance(value, float):
+        return float(f"{value:.12g}")
+    if isinstance(value, dict):
+        return {k: _stable_floats(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_stable_floats(v) for v in value]
+    return value
