@@ -19,6 +19,7 @@ completion's token ids and top-k log-probs are stored in the trainer's topk-v1 l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -80,6 +81,11 @@ class GenerateConfig(TeacherOptions, StageConfig):
     batch_problems: int = Field(
         1024, ge=1, description="Problems per batch: every request of a batch is handed to the backends at once."
     )
+    replicas: int = Field(
+        1, ge=1,
+        description=("Copies of the stage run at once, each with its own engines: data parallel, e.g. one per GPU "
+                     "(or tensor-parallel group) on Ray. Rate limits and in-flight bounds are split between them."),
+    )
     retry_errors: bool = Field(True, description="On resume, ask again for keys whose last attempt failed.")
     progress: bool = Field(True, description="Show a progress bar per teacher.")
 
@@ -89,6 +95,23 @@ class GenerateConfig(TeacherOptions, StageConfig):
             raise ValueError("no teacher: give --teacher SPEC (vllm:PATH, openai:URL#MODEL, hf:PATH) at least once")
         resolve_teachers(self, self.teacher, self.teachers)  # spec and name errors surface at config time
         return self
+
+
+def _split_limits(teachers: list[Teacher], replicas: int) -> list[Teacher]:
+    """Each of `replicas` copies gets 1/replicas of every teacher's rate limits and in-flight
+    bound, so together they keep the limits a server was configured with."""
+    if replicas == 1:
+        return teachers
+    out = []
+    for t in teachers:
+        o = t.options
+        update = {"max_in_flight": max(1, o.max_in_flight // replicas)}
+        if o.requests_per_minute is not None:
+            update["requests_per_minute"] = o.requests_per_minute / replicas
+        if o.tokens_per_minute is not None:
+            update["tokens_per_minute"] = o.tokens_per_minute / replicas
+        out.append(dataclasses.replace(t, options=o.model_copy(update=update)))
+    return out
 
 
 class ResultLog:
@@ -155,13 +178,15 @@ class GenerateStage(Stage[GenerateConfig]):
 
     def __init__(self, config: GenerateConfig | None = None):
         super().__init__(config)
-        self.teachers: list[Teacher] = resolve_teachers(self.config, self.config.teacher, self.config.teachers)
+        self.teachers: list[Teacher] = _split_limits(
+            resolve_teachers(self.config, self.config.teacher, self.config.teachers), self.config.replicas
+        )
         self.batch_rows = self.config.batch_problems
         gpus = sum(float(t.options.engine_args.get("tensor_parallel_size", 1)) for t in self.teachers
                    if t.kind == "vllm" and not t.options.python) + sum(
             1.0 for t in self.teachers if t.kind == "hf" and t.options.device.startswith("cuda"))
-        # One worker: the in-flight bounds are per teacher, and a GPU engine is loaded once.
-        self.resources = Resources(cpus=1.0, gpus=gpus, stateful=True, max_workers=1)
+        # One worker per replica: each loads its engines once and keeps its share of the limits.
+        self.resources = Resources(cpus=1.0, gpus=gpus, stateful=True, max_workers=self.config.replicas)
         self.backends: list[Backend] = []
         self._unit_key: tuple[str, int] | None = None
         self._batch_index = 0

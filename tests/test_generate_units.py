@@ -353,3 +353,23 @@ def test_demo_pipeline_generate_step_is_a_valid_config():
     assert (r1.kind, r1.base_url, r1.options.api_key_env, r1.options.logprobs) == (
         "openai", "http://127.0.0.1:8000/v1", "TEACHER_API_KEY", 0)
     assert qwq.template.endswith("within \\boxed{}.")
+
+
+def test_replicas_run_as_that_many_workers_sharing_the_limits():
+    one = GenerateStage(GenerateConfig(teacher=["openai:http://127.0.0.1:9/v1#m requests_per_minute=120"]))
+    assert one.resources.max_workers == 1
+    assert one.teachers[0].options.max_in_flight == 64
+    config = GenerateConfig(
+        teacher=["openai:http://127.0.0.1:9/v1#m requests_per_minute=120 tokens_per_minute=9000",
+                 "openai:http://127.0.0.1:9/v1#other max_in_flight=3"],
+        replicas=4,
+    )
+    stage = GenerateStage(config)
+    assert stage.resources.max_workers == 4 and stage.resources.stateful
+    first, second = stage.teachers
+    assert (first.options.requests_per_minute, first.options.tokens_per_minute, first.options.max_in_flight) == (
+        30.0, 2250.0, 16)
+    # a bound smaller than the replica count still lets each copy send one request
+    assert (second.options.requests_per_minute, second.options.max_in_flight) == (None, 1)
+    # sampling, which every row records, is untouched by the split
+    assert first.sampling() == one.teachers[0].sampling()
