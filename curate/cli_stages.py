@@ -125,7 +125,12 @@ def _run_map(stage: Stage, run: Path, input_dir: Path | None, workers: int | Non
     if not steps and input_dir is None:
         fail(f"{run} has no finished step to read; run `curate import` first or pass --input")
     last = steps[-1] if steps else None
-    if last is not None and last.id == stage.name and input_dir is None:
+    killed = all_steps[-1] if all_steps and not all_steps[-1].complete else None
+    if killed is not None and killed.id == stage.name and input_dir is None:
+        # The same command was killed before it finished: resume into its folder (the runner keeps
+        # finished units, stages their finished batches) instead of starting over in a new step.
+        target, source = killed.path, (last.path if last else None)
+    elif last is not None and last.id == stage.name and input_dir is None:
         # Re-running the last stage (e.g. select with a new threshold) replaces it in place.
         target, source = last.path, (steps[-2].path if len(steps) > 1 else None)
     else:

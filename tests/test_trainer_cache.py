@@ -1,5 +1,7 @@
 """cache-logits against a plain full-softmax reference; runner resume; divergence scores."""
 
+import json
+
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -201,3 +203,41 @@ def test_padded_batches_equal_unpadded_sequences(models):
         assert (a.topk_ids == b.topk_ids).all()
         np.testing.assert_allclose(a.topk_logprobs, b.topk_logprobs, atol=1e-4)
         np.testing.assert_allclose(a.token_logprob, b.token_logprob, atol=1e-4)
+
+
+def test_sigkilled_cache_logits_cli_resumes_without_duplicates(models, tmp_path):
+    """A real SIGKILL of `curate cache-logits` (and its workers) after the first batch of a unit:
+    the rerun reuses that batch and writes exactly the rows of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO, write_jsonl
+
+    rows = [{"prompt": f"What is {i} + {i}?", "response": f"<think>Add {i} to {i}. " * (1 + i % 4) + f"</think>{2 * i}",
+             "teacher": "T"} for i in range(600)]
+    data = write_jsonl(tmp_path / "traces.jsonl", rows)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cli = [sys.executable, "-m", "curate.cli"]
+    cache = ["cache-logits", "--teacher", str(models["teacher"]), "--k", "4", "--dtype", "float32", "--workers", "1"]
+    for run in ("ref", "killed"):
+        subprocess.run([*cli, "import", str(data), "--out", str(tmp_path / run), "--domain", "math"], check=True,
+                       env=env, capture_output=True)
+    subprocess.run([*cli, *cache[:1], str(tmp_path / "ref"), *cache[1:]], check=True, env=env, capture_output=True)
+    proc = subprocess.Popen([*cli, *cache[:1], str(tmp_path / "killed"), *cache[1:]], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "killed").glob("*-cache_logits/_scratch/*/batch-*.parquet")):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    step = next((tmp_path / "killed").glob("*-cache_logits"))
+    assert not (step / "_manifest.json").exists() and not list(step.glob("part-*.parquet"))  # killed mid-unit
+    subprocess.run([*cli, *cache[:1], str(tmp_path / "killed"), *cache[1:]], check=True, env=env, capture_output=True)
+    manifest = json.loads((step / "_manifest.json").read_text())
+    assert manifest["counts"]["batches_resumed"] >= 1
+    got = pl.read_parquet(step / "part-*.parquet").sort("trace_id")
+    want = pl.read_parquet(next((tmp_path / "ref").glob("*-cache_logits")) / "part-*.parquet").sort("trace_id")
+    assert got.height == 600 == got["trace_id"].n_unique() and got.equals(want)
