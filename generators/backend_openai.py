@@ -15,7 +15,6 @@ ask vLLM for token ids (``return_tokens_as_token_ids``); set ``extra_body:
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +35,7 @@ from curate.generators.openai_client import (
     RateLimiter,
     RequestFailed,
     RetryPolicy,
+    api_key_from_env,
     run_async,
 )
 from curate.generators.teachers import Teacher
@@ -44,13 +44,7 @@ _TOKEN_ID_PREFIX = "token_id:"
 
 
 def api_key_of(teacher: Teacher) -> str | None:
-    env = teacher.options.api_key_env
-    if not env:
-        return None
-    value = os.environ.get(env)
-    if not value:
-        raise GenerationError(f"teacher {teacher.name}: environment variable {env} (api_key_env) is not set")
-    return value
+    return api_key_from_env(teacher.options.api_key_env, f"teacher {teacher.name}", GenerationError)
 
 
 def request_body(teacher: Teacher, request: GenRequest) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import time
 from collections import deque
@@ -48,6 +49,17 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
 
 class FatalHTTPError(RuntimeError):
     """The server refuses every request (authentication, unknown model or URL)."""
+
+
+def api_key_from_env(env: str | None, owner: str, error: type[Exception]) -> str | None:
+    """The API key held by the environment variable `env` (None when no variable is named). Keys
+    are only ever read from the environment, so no config, manifest or log can hold one."""
+    if not env:
+        return None
+    value = os.environ.get(env)
+    if not value:
+        raise error(f"{owner}: environment variable {env} (api_key_env) is not set")
+    return value
 
 
 @dataclass

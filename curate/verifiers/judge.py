@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -43,6 +42,7 @@ from curate.generators.openai_client import (
     RateLimiter,
     RequestFailed,
     RetryPolicy,
+    api_key_from_env,
     run_async,
 )
 from curate.generators.teachers import parse_spec, redact_url
@@ -149,13 +149,7 @@ class JudgeStage(Stage[JudgeConfig]):
         return template_hash(self.config.system_prompt, self.config.template)
 
     def _api_key(self) -> str | None:
-        env = self.config.api_key_env
-        if not env:
-            return None
-        key = os.environ.get(env)
-        if not key:
-            raise JudgeError(f"verify_judge: environment variable {env} (api_key_env) is not set")
-        return key
+        return api_key_from_env(self.config.api_key_env, "verify_judge", JudgeError)
 
     def setup(self) -> None:
         self._api_key()  # fail before any request when the key is missing
