@@ -257,7 +257,9 @@ def _budget(frame: pl.DataFrame, rule: pol.Budget) -> pl.Series:
         aggs.append(pl.col(rule.quality).max().alias("_quality"))
     if rule.clusters:
         aggs.append(pl.col("prompt").first().alias("_prompt"))
-    problems = frame.group_by("problem_id").agg(aggs) if aggs else frame.select("problem_id").unique()
+    # Sorted: group_by's order varies run to run, and k-means seeds its centroids by row position.
+    problems = (frame.group_by("problem_id").agg(aggs) if aggs else frame.select("problem_id").unique()).sort(
+        "problem_id")
     prefer = {b: i for i, b in enumerate(rule.prefer)}
     problems = problems.with_columns(
         (pl.col("_bucket") if "_bucket" in problems.columns else pl.lit("unknown"))
@@ -285,7 +287,8 @@ def _kmeans(prompts: pl.Series, rule: pol.Budget) -> np.ndarray:
     k = min(rule.clusters or 2, len(vectors))
     if k < 2:
         return np.zeros(len(vectors), np.int64)
-    kmeans = faiss.Kmeans(vectors.shape[1], k, niter=20, seed=rule.seed, spherical=True)
+    # nredo: keep the best of a few seeded starts, so one unlucky start cannot split a topic
+    kmeans = faiss.Kmeans(vectors.shape[1], k, niter=20, nredo=3, seed=rule.seed, spherical=True)
     kmeans.train(vectors)
     return kmeans.index.search(vectors, 1)[1][:, 0].astype(np.int64)
 

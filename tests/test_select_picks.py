@@ -65,3 +65,6 @@ def test_budget_spreads_across_embedding_clusters_of_prompts():
     _, spread, _, _ = select({"rules": [{"budget": {**budget, "clusters": 2}}]}, table)
     assert sorted(ids(spread)) == ["t-d0", "t-g0"]  # the best of each topic cluster
     assert pl.from_arrow(spread).height == 2
+    # the same problems in another row order choose the same subset (k-means sees them sorted)
+    _, reordered, _, _ = select({"rules": [{"budget": {**budget, "clusters": 2}}]}, table.take(list(range(5, -1, -1))))
+    assert sorted(ids(reordered)) == ["t-d0", "t-g0"]
