@@ -388,6 +388,41 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+class FitWaves:
+    """What every distributed fit starts from and runs with: a clean work folder (partial waves of
+    a dead run are not trusted), the input slices, the columns to read, and `wave`, which runs
+    one wave of tasks and records its task count, seconds and the tasks' peak memory."""
+
+    def __init__(self, stage: Stage, units: Sequence[WorkUnit], work_dir: Path, task_map: TaskMap):
+        self.work_dir = Path(work_dir)
+        remove_tree(self.work_dir)
+        self.work_dir.mkdir(parents=True)
+        self.work = str(self.work_dir)
+        self.slices = fit_slices(units)
+        present = set(pq.read_schema(self.slices[0][1]).names) if self.slices else set()
+        self.columns = list(stage.fit_columns) + [c for c in stage.fit_optional_columns if c in present]
+        self.rows = sum(s[4] for s in self.slices)
+        self.task_map = task_map
+        self.stats: dict[str, Any] = {}
+        self.peaks: list[int] = []
+
+    def begin(self, partitions: int) -> dict[str, Any]:
+        self.stats = {"rows": self.rows, "partitions": partitions, "waves": {}}
+        return self.stats
+
+    def wave(self, name: str, fn: Callable, args: list[tuple]) -> list[dict]:
+        t = time.perf_counter()
+        out = self.task_map(fn, args) if args else []
+        self.stats["waves"][name] = {"tasks": len(args), "seconds": round(time.perf_counter() - t, 2)}
+        self.peaks.extend(o.get("peak_rss", 0) for o in out)
+        return out
+
+    def finish(self, keep_work: bool) -> None:
+        self.stats["peak_rss_per_task"] = max(self.peaks, default=0)
+        if not keep_work:
+            remove_tree(self.work_dir)
+
+
 # -- the driver ---------------------------------------------------------------------------------------
 def minhash_fit(
     stage: Stage,
@@ -403,26 +438,11 @@ def minhash_fit(
     """Fit `MinHashDedupStage` as waves of tasks and write its state table to `state_path`
     (streamed; the driver never holds it). Returns the fit stats (also set on the stage)."""
     cfg = stage.config
-    work_dir = Path(work_dir)
-    remove_tree(work_dir)  # a rerun starts clean: partial waves of a dead run are not trusted
-    work_dir.mkdir(parents=True)
-    slices = fit_slices(units)
-    present = set(pq.read_schema(slices[0][1]).names) if slices else set()
-    columns = list(stage.fit_columns) + [c for c in stage.fit_optional_columns if c in present]
-    n = sum(s[4] for s in slices)
+    run = FitWaves(stage, units, work_dir, task_map)
+    work_dir, work, slices, columns, n, wave = run.work_dir, run.work, run.slices, run.columns, run.rows, run.wave
     bands, _rows = stage.lsh()
     parts = partitions or max(4, math.ceil(n * bands * 20 / (128 * 2**20)))  # ~128 MiB of band rows each
-    stats: dict[str, Any] = {"rows": n, "partitions": parts, "waves": {}}
-    peaks: list[int] = []
-
-    def wave(name: str, fn: Callable, args: list[tuple]) -> list[dict]:
-        t = time.perf_counter()
-        out = task_map(fn, args) if args else []
-        stats["waves"][name] = {"tasks": len(args), "seconds": round(time.perf_counter() - t, 2)}
-        peaks.extend(o.get("peak_rss", 0) for o in out)
-        return out
-
-    work = str(work_dir)
+    stats = run.begin(parts)
     wave("signatures", signature_task, [(stage, work, s, columns, parts) for s in slices])
     stats["candidate_pairs"] = 0
     wave("buckets", bucket_task, [(work, p, cfg.window) for p in range(parts)])
@@ -444,9 +464,7 @@ def minhash_fit(
     _assemble_state(stage, work_dir, state_path, memory_limit)
     if cfg.signatures_out:
         _assemble_signatures(stage, work_dir)
-    stats["peak_rss_per_task"] = max(peaks, default=0)
-    if not keep_work:
-        remove_tree(work_dir)
+    run.finish(keep_work)
     public = {"rows_fit": n, **{k: stats[k] for k in ("candidate_pairs", "linked_pairs",
                                                       "clusters_with_duplicates")}}
     # The local fit's phases, from the waves that do their work (wall seconds of the whole wave).

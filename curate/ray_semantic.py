@@ -29,8 +29,7 @@ other batch sizes than in the one-process search.
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +38,14 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.io import remove_tree
 from curate.ray_global import (
+    FitWaves,
     TaskMap,
     _assemble_state,
     _peak_rss,
     _scan,
     _write,
     connected_components,
-    fit_slices,
     serial_map,
 )
 from curate.stage import Stage, WorkUnit
@@ -323,25 +321,10 @@ def semantic_fit(
     """Fit `SemanticDedupStage` as waves of tasks and write its state table to `state_path`.
     Returns the fit stats (the manifest summary's own fields are also set on the stage)."""
     cfg = stage.config
-    work_dir = Path(work_dir)
-    remove_tree(work_dir)  # partial waves of a dead run are not trusted
-    work_dir.mkdir(parents=True)
-    slices = fit_slices(units)
-    present = set(pq.read_schema(slices[0][1]).names) if slices else set()
-    columns = list(stage.fit_columns) + [c for c in stage.fit_optional_columns if c in present]
-    rows = sum(s[4] for s in slices)
-    parts = partitions or max(4, math.ceil(rows / 1_000_000))
-    stats: dict[str, Any] = {"rows": rows, "partitions": parts, "waves": {}}
-    peaks: list[int] = []
-
-    def wave(name: str, fn: Callable, args: list[tuple]) -> list[dict]:
-        t = time.perf_counter()
-        out = task_map(fn, args) if args else []
-        stats["waves"][name] = {"tasks": len(args), "seconds": round(time.perf_counter() - t, 2)}
-        peaks.extend(o.get("peak_rss", 0) for o in out)
-        return out
-
-    work = str(work_dir)
+    run = FitWaves(stage, units, work_dir, task_map)
+    work_dir, work, slices, columns, wave = run.work_dir, run.work, run.slices, run.columns, run.wave
+    parts = partitions or max(4, math.ceil(run.rows / 1_000_000))
+    stats = run.begin(parts)
     bases = [s[3] for s in slices]
     wave("keys", keys_task, [(stage, work, s, columns, parts) for s in slices])
     n = sum(o["units"] for o in wave("units", units_task, [(work, p, bases) for p in range(parts)]))
@@ -371,9 +354,7 @@ def semantic_fit(
             pl.len()).collect().item()
     wave("state", state_task, [(stage, work, p, exact) for p in range(parts)])
     _assemble_state(stage, work_dir, state_path, memory_limit)
-    stats["peak_rss_per_task"] = max(peaks, default=0)
-    if not keep_work:
-        remove_tree(work_dir)
+    run.finish(keep_work)
     # What the manifest summary reports, as after a local fit.
     stage._fit_stats = {"units": n, "linked_pairs": int(linked), "units_in_duplicate_clusters": int(duplicates)}
     return stats
