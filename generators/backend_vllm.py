@@ -298,21 +298,7 @@ class EngineHandle:
                         "messages": r.messages, "prompt": r.prompt} for r in requests]
             specs.append((backend.teacher.sampling(), backend.teacher.options.chat, payload))
         who = ", ".join(b.teacher.name for b, _, _ in jobs)
-        if self._child is None:
-            assert self._engine is not None
-            for record in self._engine.generate_jobs(specs):
-                jobs[record["job"]][2](GenResult.from_record(record))
-            return
-        assert self._child.stdin is not None
-        header = {"jobs": [{"sampling": sampling, "chat": chat, "count": len(payload)}
-                           for sampling, chat, payload in specs]}
-        lines = [json.dumps(header)] + [json.dumps(item) for _, _, payload in specs for item in payload]
-        self._child.stdin.write("\n".join(lines) + "\n")
-        self._child.stdin.flush()
-        while True:
-            record = self._read(who)
-            if record.get("batch_done"):
-                return
+        for record in self.records(specs, who):
             jobs[record["job"]][2](GenResult.from_record(record))
 
     def records(self, specs: list[tuple[dict[str, Any], bool, list[dict[str, Any]]]], who: str) -> Iterator[dict[str, Any]]:
