@@ -33,3 +33,19 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"shared data folder {SHARED_DATA} is absent on this machine")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ray_engine():
+    """The local test cluster every Ray test shares (2 CPUs, 2 logical GPUs): Ray is initialised
+    once per process, so one fixture owns its start and its shutdown."""
+    ray = pytest.importorskip("ray")
+    from curate.testing_ray import local_test_engine
+
+    engine = local_test_engine()
+    engine.ensure_ray()
+    resources = ray.cluster_resources()
+    assert resources["CPU"] == 2 and resources["GPU"] == 2
+    yield engine
+    engine.shutdown()
+

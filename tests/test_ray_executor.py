@@ -24,18 +24,9 @@ from curate.manifest import Manifest  # noqa: E402
 from curate.pipeline import load_pipeline, run_pipeline  # noqa: E402
 from curate.ray_executor import FIT_STATS, uses_actors  # noqa: E402
 from curate.runner import run_stage  # noqa: E402
-from curate.testing_ray import KillOnceConfig, KillOnceModelStage, KillOnceStage, local_test_engine  # noqa: E402
+from curate.testing_ray import KillOnceConfig, KillOnceModelStage, KillOnceStage  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
-
-
-@pytest.fixture(scope="session")
-def ray_engine():
-    engine = local_test_engine()
-    engine.ensure_ray()
-    assert ray.cluster_resources()["CPU"] == 2
-    yield engine
-    engine.shutdown()
 
 
 @pytest.fixture(scope="session")

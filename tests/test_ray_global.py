@@ -113,20 +113,6 @@ def test_min_label_propagation_with_pointer_jumping_labels_components(tmp_path):
     assert rounds <= 16  # pointer jumping: about log2(3000) rounds, not 3000
 
 
-@pytest.fixture(scope="session")
-def ray_engine():
-    """The 2-CPU local cluster (shared with tests/test_ray_executor.py when both run: Ray is
-    initialised once per process)."""
-    ray = pytest.importorskip("ray")
-    from curate.testing_ray import local_test_engine
-
-    engine = local_test_engine()
-    engine.ensure_ray()
-    assert ray.cluster_resources()["CPU"] == 2
-    yield engine
-    engine.shutdown()
-
-
 def test_fit_on_a_ray_cluster_equals_the_local_fit(tmp_path, ray_engine):
     engine = ray_engine
     files = _near_duplicates(tmp_path, clusters=100)

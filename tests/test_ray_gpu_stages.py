@@ -16,18 +16,9 @@ ray = pytest.importorskip("ray")
 
 from curate.executors import InProcessExecutor  # noqa: E402
 from curate.runner import run_stage  # noqa: E402
-from curate.testing_ray import GpuProbeConfig, GpuProbeStage, TensorParallelProbeStage, local_test_engine  # noqa: E402
+from curate.testing_ray import GpuProbeConfig, GpuProbeStage, TensorParallelProbeStage  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
-
-
-@pytest.fixture(scope="session")
-def ray_engine():
-    engine = local_test_engine()
-    engine.ensure_ray()
-    assert ray.cluster_resources()["CPU"] == 2 and ray.cluster_resources()["GPU"] == 2
-    yield engine
-    engine.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -131,15 +131,3 @@ def test_semantic_fit_on_a_ray_cluster_equals_the_local_fit(tmp_path, ray_engine
     assert_frame_equal(got, expected)  # the k-means path searches identical batches: bit for bit
     assert ray_stage._fit_stats == local_stats
     assert ray_engine.last_fit_stats["waves"]["search"]["tasks"] == ray_engine.last_fit_stats["partitions"]
-
-
-@pytest.fixture(scope="session")
-def ray_engine():
-    ray = pytest.importorskip("ray")
-    from curate.testing_ray import local_test_engine
-
-    engine = local_test_engine()
-    engine.ensure_ray()
-    assert ray.cluster_resources()["CPU"] == 2
-    yield engine
-    engine.shutdown()
