@@ -12,10 +12,8 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -31,17 +29,12 @@ from curate.generators.generate import GenerateConfig, GenerateStage
 from curate.generators.vllm_env import VllmUnavailable, vllm_python
 from curate.schemas import PROBLEMS_SCHEMA, problem_ids
 from curate.testing import run_stage_in_memory
+from curate.testing_http import LoopbackServer, free_port
 from curate.testing_models import build_tiny_llama
 
 SECRET = "sk-test-3f9a1c0e7d"  # the server's key: must never reach rows, manifests or logs
 KEY_ENV = "CURATE_TEST_TEACHER_KEY"
 STARTUP_S = 420
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def ensure_vllm_venv() -> Path:
@@ -109,7 +102,7 @@ def vllm_server(tiny_model):
             proc.wait()
 
 
-class FaultProxy:
+class FaultProxy(LoopbackServer):
     """A reverse proxy (aiohttp, own thread and loop) with scripted faults per request key.
 
     A request's key is (its user text, its seed). ``script[key]`` lists what happens on its
@@ -117,6 +110,7 @@ class FaultProxy:
     attempts past the list are "ok". ``always_fail`` keys get 503 forever."""
 
     def __init__(self, upstream: str):
+        super().__init__()
         self.upstream = upstream.rstrip("/")
         self.script: dict[tuple[str, int], list[str]] = {}
         self.always_fail: set[tuple[str, int]] = set()
@@ -126,10 +120,6 @@ class FaultProxy:
         self.in_flight = 0
         self.max_in_flight = 0
         self.arrivals: list[float] = []
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self.port = free_port()
 
     @property
     def base(self) -> str:
@@ -142,15 +132,6 @@ class FaultProxy:
         self.arrivals.clear()
         self.delay_s, self.max_in_flight = 0.0, 0
 
-    def start(self) -> FaultProxy:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
     @staticmethod
     def key_of(body: dict) -> tuple[str, int]:
         if "messages" in body:
@@ -159,10 +140,8 @@ class FaultProxy:
             text = body.get("prompt", "")
         return text, body.get("seed")
 
-    def _serve(self) -> None:
+    def routes(self, app) -> None:
         from aiohttp import ClientSession, ClientTimeout, web
-
-        asyncio.set_event_loop(self._loop)
 
         async def forward(request: web.Request, data: bytes | None) -> web.Response:
             headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
@@ -198,14 +177,7 @@ class FaultProxy:
             finally:
                 self.in_flight -= 1
 
-        app = web.Application()
         app.router.add_route("*", "/{tail:.*}", handle)
-        runner = web.AppRunner(app, access_log=None)
-        self._loop.run_until_complete(runner.setup())
-        self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(runner.cleanup())
 
 
 @pytest.fixture(scope="session")

