@@ -335,7 +335,8 @@ candidate pair's exact Jaccard ({summary.get('candidate_pairs', 0):,} candidate 
 {summary.get('linked_pairs', 0):,} kept) and writes the whole dataset with its score columns; the
 baseline links every LSH hit unchecked and writes only trace ids and cluster ids.
 Where our {ours['wall_s']:.0f} s go: fit {fit_s:.0f} s (signatures pass {phases.get('signatures', 0):.0f} s:
-read, tokenise, rensa, band keys; re-reading candidate rows for the exact Jaccard
+a worker process per core, a shard at a time: read, tokenise, rensa, band keys, shingle hashes
+spilled to scratch; gathering the candidates' spilled shingle sets for the exact Jaccard
 {phases.get('candidate_reread', 0):.0f} s; buckets, Jaccard, components, survivors
 {phases.get('graph_and_survivors', 0):.0f} s), then {ours['wall_s'] - fit_s:.0f} s for the runner's
 process pass (2 worker processes: read every shard's columns, join the state, write the shards).

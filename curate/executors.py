@@ -23,6 +23,21 @@ _THREAD_ENV = ("POLARS_MAX_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPEN
                "RAYON_NUM_THREADS")
 
 
+def spawn_pool(workers: int, threads_each: int = 1, **kwargs) -> ProcessPoolExecutor:
+    """A spawn-context process pool whose workers size their thread pools to `threads_each`
+    (the variables are read at import, so they are set only while the workers start)."""
+    saved = {k: os.environ.get(k) for k in _THREAD_ENV}
+    os.environ.update(dict.fromkeys(_THREAD_ENV, str(threads_each)))
+    try:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), **kwargs)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 class Executor(ABC):
     name: str = "executor"
 
@@ -102,22 +117,8 @@ class LocalExecutor(Executor):
             # One worker: skip process start-up and run here (models load once either way).
             yield from InProcessExecutor().run(stage, units, out_dir, state_path)
             return
-        threads = str(max(1, int(stage.resources.cpus)))
-        saved = {k: os.environ.get(k) for k in _THREAD_ENV}
-        os.environ.update({k: threads for k in _THREAD_ENV})
-        try:
-            pool = ProcessPoolExecutor(
-                max_workers=n,
-                mp_context=mp.get_context("spawn"),
-                initializer=_init_worker,
-                initargs=(stage, str(state_path) if state_path else None),
-            )
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        pool = spawn_pool(n, max(1, int(stage.resources.cpus)), initializer=_init_worker,
+                          initargs=(stage, str(state_path) if state_path else None))
         with pool:
             # Bounded submission: at most 2 units queued per worker, so a million-unit plan
             # does not sit in memory as futures.

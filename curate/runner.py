@@ -127,6 +127,13 @@ class _Rescan:
         for file in self.files:
             yield from pq.ParquetFile(file).iter_batches(batch_size=65536, columns=self.columns)
 
+    def split(self) -> list[_Rescan]:
+        """One rescan per file, in order: a fit can hand files to worker processes."""
+        return [_Rescan([f], self.columns) for f in self.files]
+
+    def rows(self) -> int:
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
+
 
 def _merge_rejects(out_dir: Path, units: list[WorkUnit]) -> None:
     pieces = [rejects_path(out_dir, u) for u in units if rejects_path(out_dir, u).exists()]

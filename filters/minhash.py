@@ -15,18 +15,23 @@
 7. `survivors`: one per cluster: a verified trace first, then a preferred teacher, then the
    shortest, then the smallest trace_id (deterministic).
 
-`MinHashDedupStage.fit` streams the fit columns twice: pass 1 keeps only the b band keys per row
-(b * 8 bytes); pass 2 re-shingles only rows that are in a candidate pair, so memory is bounded by
-the candidates, not by the corpus text.
+`MinHashDedupStage.fit` keeps only the b band keys per row (b * 8 bytes) in memory, so memory is
+bounded by the candidates, not by the corpus text. On a large input (several files, >= 200k rows)
+pass 1 runs one worker process per core, a file at a time, and each worker spills its file's
+shingle hashes to a scratch file; the exact check then gathers only the candidates' sets from
+those files. Otherwise pass 1 runs on threads here and pass 2 re-reads and re-shingles only the
+rows in a candidate pair.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
@@ -45,11 +50,28 @@ from curate.filters.verdicts import verified_expr
 from curate.stage import BatchResult, Stage, StageConfig
 
 # Bump when shingling, hashing or banding changes: signatures of two versions are not comparable.
-ALGORITHM_VERSION = "curate-minhash/3"
+ALGORITHM_VERSION = "curate-minhash/4"
 FIELDS = ("response", "answer", "prompt", "reasoning")
 _SUB_BATCH = 4096
 _BAND_SALT = np.uint64(0xD6E8FEB86659FD93)
 _PACK_ROW_BITS = 24
+_PROCESS_MIN_ROWS = 200_000
+
+
+def _signature_file(stage: MinHashDedupStage, batches: Iterable[pa.RecordBatch], spill: str) -> dict | None:
+    """Pass 1 over one file in a worker process (one thread: the pool has a process per core)."""
+    return stage._signature_pass(batches, 1, spill)
+
+
+def _spilled_sets(spill: str, wanted: np.ndarray, base: int) -> pl.DataFrame:
+    """The (row, s) sets of the `wanted` global rows of one file from its spilled shingle hashes."""
+    offsets = np.load(f"{spill}.offsets.npy")
+    hashes = np.memmap(spill, dtype=np.uint64, mode="r") if offsets[-1] else np.zeros(0, np.uint64)
+    local = wanted - base
+    starts, lengths = offsets[local], offsets[local + 1] - offsets[local]
+    new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    gather = np.arange(new_offsets[-1], dtype=np.int64) + np.repeat(starts - new_offsets[:-1], lengths)
+    return _sets_frame(np.asarray(hashes[gather]), new_offsets, wanted)
 
 
 def algorithm_id(num_perm: int, seed: int, ngram: int) -> str:
@@ -57,7 +79,7 @@ def algorithm_id(num_perm: int, seed: int, ngram: int) -> str:
     import rensa
 
     return (f"{ALGORITHM_VERSION};rensa={_rensa_version()};rensa_alg={rensa.RMinHash.ALGORITHM_VERSION};"
-            f"polars={pl.__version__};num_perm={num_perm};seed={seed};ngram={ngram};tokens=bytes-split-punct;word-hash=fnv1a64")
+            f"polars={pl.__version__};num_perm={num_perm};seed={seed};ngram={ngram};tokens=bytes-split-punct;word-hash=fnv1a64-unseeded")
 
 
 def _rensa_version() -> str:
@@ -127,25 +149,41 @@ def candidate_edges(keys: np.ndarray, rows: np.ndarray | None = None, *, window:
         folded = _mix(keys + np.arange(bands, dtype=np.uint64)[None, :] * _BAND_SALT).reshape(-1)
     row_bits = max(int(ids.max()).bit_length(), 1) if n else 1
     if row_bits <= _PACK_ROW_BITS:
-        # key's top bits and the row in one u64: numpy's SIMD sort of plain values is ~8x faster
-        # than an arg-sort; >= 40 key bits leave a few thousand chance bucket collisions at 16M rows,
-        # which are only extra candidate pairs (the exact Jaccard check drops them)
-        packed = ((folded >> np.uint64(row_bits)) << np.uint64(row_bits)) | np.repeat(ids, bands).astype(np.uint64)
-        del folded
-        packed.sort()
-        key = packed >> np.uint64(row_bits)
-        row = (packed & np.uint64((1 << row_bits) - 1)).astype(np.int64)
-        del packed
+        # per band, the key's top bits and the row in one u64: numpy's SIMD sort of plain values is
+        # ~8x faster than an arg-sort, and b sorts of n values (on a thread each, numpy releases the
+        # GIL) beat one of b * n; >= 40 key bits leave a few chance bucket collisions per band at
+        # 16M rows, which are only extra candidate pairs (the exact Jaccard check drops them)
+        from concurrent.futures import ThreadPoolExecutor
+
+        low = np.uint64((1 << row_bits) - 1)
+        row_ids = ids.astype(np.uint64)
+
+        def band_pairs(band: int) -> np.ndarray:
+            with np.errstate(over="ignore"):  # mixed so the kept top bits spread any key set
+                packed = (_mix(keys[:, band] + np.uint64(band) * _BAND_SALT) & ~low) | row_ids
+            packed.sort()
+            key, row = packed >> np.uint64(row_bits), (packed & low).astype(np.int64)
+            return np.concatenate([_bucket_pairs(key, row, d) for d in range(1, window + 1)])
+
+        with ThreadPoolExecutor(min(bands, os.cpu_count() or 1)) as pool:
+            pairs = list(pool.map(band_pairs, range(bands)))
     else:
+        # one sort key per (band, key): the band is folded in by a bijective mix, so a bucket is a
+        # run of equal values, in row order within the run
+        with np.errstate(over="ignore"):
+            folded = _mix(keys + np.arange(bands, dtype=np.uint64)[None, :] * _BAND_SALT).reshape(-1)
         frame = pl.DataFrame({"key": folded, "row": np.repeat(ids, bands)}).sort("key", "row")
         key, row = frame["key"].to_numpy(), frame["row"].to_numpy()
         del frame, folded
-    pairs = []
-    for d in range(1, window + 1):
-        same = (key[d:] == key[:-d]) & (row[d:] != row[:-d])  # a chance fold collision can pair a row with itself
-        pairs.append((row[:-d][same] << np.int64(32)) | row[d:][same])
+        pairs = [_bucket_pairs(key, row, d) for d in range(1, window + 1)]
     packed = np.unique(np.concatenate(pairs)) if pairs else np.zeros(0, np.int64)
     return np.stack([packed >> np.int64(32), packed & np.int64(0xFFFFFFFF)], axis=1)
+
+
+def _bucket_pairs(key: np.ndarray, row: np.ndarray, d: int) -> np.ndarray:
+    """Packed (src << 32 | dst) of rows d apart within runs of equal `key` (sorted by key, row)."""
+    same = (key[d:] == key[:-d]) & (row[d:] != row[:-d])  # a chance fold collision can pair a row with itself
+    return (row[:-d][same] << np.int64(32)) | row[d:][same]
 
 
 def _sets_frame(hashes: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> pl.DataFrame:
@@ -217,6 +255,12 @@ class MinHashConfig(StageConfig):
     nfkc: bool = Field(False, description="Unicode NFKC before tokenising (slower; folds ligatures and "
                                           "full-width forms).")
     threads: int | None = Field(None, description="Threads for signatures (default: all cores).")
+    processes: int | None = Field(None, description="Worker processes for the signature pass, one input file "
+                                                    "each at a time (default: all cores when the input has "
+                                                    "several files and at least 200,000 rows; 1 = threads "
+                                                    "in this process).")
+    scratch_dir: str | None = Field(None, description="Where worker processes spill shingle hashes for the "
+                                                      "exact Jaccard check (default: the system temp dir).")
     window: int = Field(2, description="Candidate edges per row per bucket (1 = chain).")
     verify_jaccard: bool = Field(True, description="Check candidate pairs' exact Jaccard before linking them.")
     min_words: int = Field(1, description="Texts with fewer words are never clustered (empty/errored traces).")
@@ -294,6 +338,7 @@ class MinHashDedupStage(Stage[MinHashConfig]):
         sigs = signatures(hashes, offsets, cfg.num_perm, cfg.seed)
         usable = n_words >= max(cfg.min_words, 1)
         return {
+            "shingles": (hashes, offsets),
             "keys": band_keys(sigs[usable], bands, rows),
             "rows": np.flatnonzero(usable) + base,
             "sigs": pl.DataFrame({"trace_id": part["trace_id"], "signature": sigs}) if cfg.signatures_out else None,
@@ -301,15 +346,82 @@ class MinHashDedupStage(Stage[MinHashConfig]):
                                 texts.str.len_chars().alias("_len")),
         }
 
+    def _signature_pass(self, batches: Iterable[pa.RecordBatch], threads: int, spill: str | None = None) -> dict | None:
+        """Pass 1 over `batches`: band keys, their row indices (from 0), survivor columns. With
+        `spill`, every row's shingle hashes also go to `spill` (flat u64) and their row offsets
+        to `spill`.offsets.npy, so pass 2 gathers the candidates' sets instead of re-reading and
+        re-tokenising the texts."""
+        keys, key_rows, meta, sig_parts, ends = [], [], [], [], []
+        with ExitStack() as stack:
+            out = stack.enter_context(open(spill, "wb")) if spill else None
+            total = 0
+            for done in bounded_map(self._signature_part, self._sub_batches(batches), threads):
+                keys.append(done["keys"])
+                key_rows.append(done["rows"])
+                meta.append(done["meta"])
+                if done["sigs"] is not None:
+                    sig_parts.append(done["sigs"])
+                if out is not None:
+                    hashes, offsets = done["shingles"]
+                    hashes.tofile(out)
+                    ends.append(offsets[1:] + total)
+                    total += len(hashes)
+        if spill:
+            np.save(f"{spill}.offsets.npy", np.concatenate([[0], *ends]).astype(np.int64))
+        if not meta:
+            return None
+        return {"keys": np.concatenate(keys), "rows": np.concatenate(key_rows), "meta": pl.concat(meta),
+                "sigs": pl.concat(sig_parts) if sig_parts else None}
+
+    def _worker_pool(self, batches: Iterable[pa.RecordBatch], stack: ExitStack) -> tuple[list | None, object]:
+        """(one rescan per input file, a process pool) when the input is large enough to repay the
+        workers' start-up (about 2 s), else (None, None). rensa's `to_rows` holds the GIL, so
+        threads alone leave a core idle for a third of the signature pass. Each worker spills its
+        file's shingle hashes to a scratch directory (about 1.8 GB per million traces, removed when
+        the fit ends)."""
+        cfg = self.config
+        self._processes = 1
+        pieces = batches.split() if hasattr(batches, "split") else None
+        workers = cfg.processes if cfg.processes is not None else os.cpu_count() or 1
+        if not pieces or len(pieces) < 2 or workers < 2 or (
+                cfg.processes is None and sum(p.rows() for p in pieces) < _PROCESS_MIN_ROWS):
+            return None, None
+        from curate.executors import spawn_pool
+
+        self._processes = min(workers, len(pieces))
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="curate-minhash-", dir=cfg.scratch_dir)))
+        self._spills = [str(scratch / f"shingles-{i:05d}.u64") for i in range(len(pieces))]
+        return pieces, stack.enter_context(spawn_pool(self._processes))
+
+    def _signature_parts(self, batches, pieces, pool) -> Iterator[dict]:
+        """Pass 1: file by file in the pool when there is one, else threads here."""
+        if pool is not None:
+            futures = [pool.submit(_signature_file, self, piece, spill)
+                       for piece, spill in zip(pieces, self._spills, strict=True)]
+            for future in tqdm(futures, desc="minhash signatures", unit="file", disable=None, leave=False):
+                yield future.result()
+            return
+        yield self._signature_pass(tqdm(batches, desc="minhash signatures", unit="batch", disable=None,
+                                        leave=False), self.config.threads or os.cpu_count() or 1)
+
     def fit(self, batches: Iterable[pa.RecordBatch]) -> pa.Table:
+        with ExitStack() as stack:
+            pieces, pool = self._worker_pool(batches, stack)
+            return self._fit(batches, pieces, pool)
+
+    def _fit(self, batches, pieces, pool) -> pa.Table:
         cfg = self.config
         started = time.perf_counter()
-        meta, keys, key_rows, sig_parts = [], [], [], []
-        parts = bounded_map(self._signature_part, self._sub_batches(batches), cfg.threads or os.cpu_count() or 1)
-        for done in tqdm(parts, desc="minhash signatures", unit="batch", disable=None, leave=False):
+        meta, keys, key_rows, sig_parts, piece_rows = [], [], [], [], []
+        base = 0
+        for done in self._signature_parts(batches, pieces, pool):
+            piece_rows.append(done["meta"].height if done else 0)
+            if done is None:
+                continue
             keys.append(done["keys"])
-            key_rows.append(done["rows"])
+            key_rows.append(done["rows"] + base)
             meta.append(done["meta"])
+            base += done["meta"].height
             if done["sigs"] is not None:
                 sig_parts.append(done["sigs"])
         if not meta:
@@ -326,7 +438,7 @@ class MinHashDedupStage(Stage[MinHashConfig]):
         reread = 0.0
         if cfg.verify_jaccard and len(edges):
             t = time.perf_counter()
-            sets = self._candidate_sets(batches, np.unique(edges))
+            sets = self._candidate_sets(batches, np.unique(edges), pieces, pool, piece_rows)
             reread = time.perf_counter() - t
             sim = edge_jaccard(edges, sets)
             del sets
@@ -349,8 +461,8 @@ class MinHashDedupStage(Stage[MinHashConfig]):
             pl.Series(self.col("max_jaccard"), best).fill_nan(None),
         ).unique("trace_id", keep="first", maintain_order=True).sort("trace_id").to_arrow()
 
-    def _candidate_sets(self, batches: Iterable[pa.RecordBatch], wanted: np.ndarray) -> pl.DataFrame:
-        """Pass 2: distinct shingle hashes of the rows in some candidate pair (only those)."""
+    def _sets_pass(self, batches: Iterable[pa.RecordBatch], wanted: np.ndarray, threads: int) -> pl.DataFrame | None:
+        """Distinct shingle hashes of the `wanted` rows (sorted indices from 0) of `batches`."""
         cfg = self.config
 
         def sets_of(item: tuple[int, pl.DataFrame]) -> pl.DataFrame | None:
@@ -362,9 +474,21 @@ class MinHashDedupStage(Stage[MinHashConfig]):
             hashes, offsets, _ = shingle_hashes(texts, cfg.ngram, nfkc=cfg.nfkc)
             return _sets_frame(hashes, offsets, wanted[lo:hi])
 
-        done = bounded_map(sets_of, self._sub_batches(batches), cfg.threads or os.cpu_count() or 1)
-        parts = [p for p in tqdm(done, desc="minhash verify", unit="batch", disable=None, leave=False)
-                 if p is not None]
+        parts = [p for p in bounded_map(sets_of, self._sub_batches(batches), threads) if p is not None]
+        return pl.concat(parts) if parts else None
+
+    def _candidate_sets(self, batches, wanted: np.ndarray, pieces, pool, piece_rows: list[int]) -> pl.DataFrame:
+        """Pass 2: distinct shingle hashes of the rows in some candidate pair (only those)."""
+        if pool is None:
+            parts = [self._sets_pass(tqdm(batches, desc="minhash verify", unit="batch", disable=None, leave=False),
+                                     wanted, self.config.threads or os.cpu_count() or 1)]
+        else:
+            bases = np.concatenate([[0], np.cumsum(piece_rows)]).astype(np.int64)
+            cuts = np.searchsorted(wanted, bases)
+            parts = [_spilled_sets(spill, wanted[lo:hi], base)
+                     for spill, base, lo, hi in zip(self._spills, bases[:-1], cuts[:-1], cuts[1:], strict=True)
+                     if hi > lo]
+        parts = [p for p in parts if p is not None]
         return pl.concat(parts) if parts else pl.DataFrame(schema={"row": pl.Int64, "s": pl.List(pl.UInt64)})
 
     def _write_signatures(self, table: pa.Table) -> None:

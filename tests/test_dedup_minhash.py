@@ -107,7 +107,7 @@ def test_signatures_written_with_algorithm_version(tmp_path):
     sigs = pq.read_table(path)
     assert sigs.column("trace_id").to_pylist() == ["a", "b"]
     assert len(sigs.column("signature")[0]) == 64
-    assert sigs.schema.metadata[b"algorithm"].decode().startswith("curate-minhash/3;rensa=")
+    assert sigs.schema.metadata[b"algorithm"].decode().startswith("curate-minhash/4;rensa=")
 
 
 def test_config_errors():

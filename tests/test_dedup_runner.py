@@ -12,10 +12,8 @@ from curate.runner import run_stage
 TEXT = "first we factor the quadratic then we check both roots in the original equation carefully"
 
 
-def test_exact_then_minhash_through_the_runner(tmp_path):
-    src = tmp_path / "in"
+def _two_files(src, rows=40):
     src.mkdir()
-    rows = 40
     table = pa.table({
         "trace_id": [f"t{i:02d}" for i in range(rows)], "problem_id": [f"p{i // 4}" for i in range(rows)],
         "teacher": ["A", "B"] * (rows // 2), "prompt": [f"Problem {i // 4}" for i in range(rows)],
@@ -24,8 +22,14 @@ def test_exact_then_minhash_through_the_runner(tmp_path):
                       for i in range(rows)],
         "answer": ["4"] * rows,
     })
-    pq.write_table(table.slice(0, 20), src / "a.parquet")
-    pq.write_table(table.slice(20), src / "b.parquet")
+    pq.write_table(table.slice(0, rows // 2), src / "a.parquet")
+    pq.write_table(table.slice(rows // 2), src / "b.parquet")
+
+
+def test_exact_then_minhash_through_the_runner(tmp_path):
+    src = tmp_path / "in"
+    rows = 40
+    _two_files(src, rows)
 
     exact = run_stage(ExactDedupStage(), input_dir=src, out_dir=tmp_path / "exact", executor=LocalExecutor(2),
                       progress=False)
@@ -41,5 +45,25 @@ def test_exact_then_minhash_through_the_runner(tmp_path):
     assert cluster["trace_id"].to_list() == ["t00", "t01", "t10", "t20", "t30"]
     assert cluster["minhash__cluster_id"].unique().to_list() == ["t01"]  # "again" is shorter than "carefully"
     assert out["minhash__is_survivor"].sum() == rows - 4
-    assert manifest.summary["algorithm"].startswith("curate-minhash/3")
+    assert manifest.summary["algorithm"].startswith("curate-minhash/4")
     assert manifest.summary["bands"] == 20 and manifest.summary["rows"] == 6
+
+
+def test_minhash_fit_in_worker_processes_matches_the_fit_in_threads(tmp_path):
+    # processes=2: each file's signatures in a worker, shingles spilled to scratch and gathered for
+    # the exact Jaccard check; the duplicates straddle the two files
+    _two_files(tmp_path / "in")
+    states = {}
+    for processes in (1, 2):
+        scratch = tmp_path / f"scratch{processes}"
+        scratch.mkdir()
+        stage = MinHashDedupStage(MinHashConfig(threshold=0.7, processes=processes, scratch_dir=str(scratch)))
+        manifest = run_stage(stage, input_dir=tmp_path / "in", out_dir=tmp_path / f"mh{processes}",
+                             executor=LocalExecutor(1), progress=False)
+        assert stage._processes == processes and manifest.rows_out == 40
+        states[processes] = pl.read_parquet(tmp_path / f"mh{processes}" / "_state.parquet")
+        assert list(scratch.iterdir()) == []  # the spill is removed when the fit ends
+    assert states[2].equals(states[1])
+    dup = states[2].filter(pl.col("minhash__cluster_size") > 1)
+    assert dup["trace_id"].to_list() == ["t00", "t01", "t10", "t20", "t30"]
+    assert dup["minhash__max_jaccard"].to_list()[0] == 1.0
