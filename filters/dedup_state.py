@@ -19,20 +19,24 @@ def sorted_state(state: pa.Table | None, key: str = "trace_id") -> pl.DataFrame 
     return frame if frame[key].is_sorted() else frame.sort(key)
 
 
-def join_sorted(batch: pa.Table, state: pl.DataFrame, key: str = "trace_id") -> pl.DataFrame:
-    """`batch` with the state's other columns appended (nulls where the key is absent); row order
-    and row count of `batch` are kept."""
-    frame = pl.from_arrow(batch)
-    keys = frame[key]
-    pos = state[key].search_sorted(keys, side="left").cast(pl.Int64)
-    found = (pos < state.height) & (state[key].gather(pos.clip(0, max(state.height - 1, 0))) == keys)
-    found = found.fill_null(False)
-    values = state.drop(key).gather(pos.clip(0, max(state.height - 1, 0))) if state.height else None
-    if values is None:
-        return frame.with_columns([pl.lit(None, dtype).alias(name) for name, dtype in state.drop(key).schema.items()])
-    values = values.with_columns(found.alias("_found")).select(
-        [pl.when(pl.col("_found")).then(pl.col(c)).otherwise(None).alias(c) for c in values.columns])
-    return pl.concat([frame, values], how="horizontal")
+def join_sorted(batch: pa.Table, state: pl.DataFrame, key: str = "trace_id") -> tuple[pa.Table, pl.DataFrame]:
+    """(`batch` with the state's other columns appended, nulls where the key is absent; those
+    columns alone as polars). Row order and row count of `batch` are kept, and its own columns
+    are passed through as they are: converting a batch's text to polars and back costs more than
+    the join."""
+    keys = pl.from_arrow(batch.select([key])).to_series()
+    rest = state.drop(key)
+    if not state.height:
+        values = pl.DataFrame([pl.Series(name, [None] * len(keys), dtype) for name, dtype in rest.schema.items()])
+    else:
+        pos = state[key].search_sorted(keys, side="left").cast(pl.Int64).clip(0, state.height - 1)
+        found = (state[key].gather(pos) == keys).fill_null(False)
+        values = rest.gather(pos).with_columns(found.alias("_found")).select(
+            [pl.when(pl.col("_found")).then(pl.col(c)).otherwise(None).alias(c) for c in rest.columns])
+    table = batch
+    for name in values.columns:
+        table = table.append_column(name, values[name].to_arrow())
+    return table, values
 
 
 def bounded_map(fn, items, workers: int, in_flight: int | None = None):

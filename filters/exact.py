@@ -82,7 +82,7 @@ class ExactDedupStage(Stage[ExactDedupConfig]):
         self._sorted = sorted_state(state)
 
     def process(self, batch: pa.Table) -> BatchResult:
-        out = join_sorted(batch, self._sorted)
+        table, out = join_sorted(batch, self._sorted)
         counts = Counter(duplicate_traces=int((~out[self.col("is_first")].fill_null(True)).sum()),
-                         rows_in_merged_problems=int((out["problem_id"] != out[self.col("problem_group")]).sum()))
-        return BatchResult(out.to_arrow(), counts=counts)
+                         rows_in_merged_problems=int((pl.from_arrow(batch["problem_id"]) != out[self.col("problem_group")]).sum()))
+        return BatchResult(table, counts=counts)

@@ -60,7 +60,7 @@ _PROCESS_MIN_ROWS = 200_000
 
 def _signature_file(stage: MinHashDedupStage, batches: Iterable[pa.RecordBatch], spill: str) -> dict | None:
     """Pass 1 over one file in a worker process (one thread: the pool has a process per core)."""
-    return stage._signature_pass(batches, 1, spill)
+    return stage._signature_pass(batches, 1, spill, progress=False)
 
 
 def _spilled_sets(spill: str, wanted: np.ndarray, base: int) -> pl.DataFrame:
@@ -321,8 +321,10 @@ class MinHashDedupStage(Stage[MinHashConfig]):
     # -- fit -------------------------------------------------------------------------------
     def _sub_batches(self, batches: Iterable[pa.RecordBatch]) -> Iterator[tuple[int, pl.DataFrame]]:
         base = 0
-        for batch in batches:
-            frame = pl.from_arrow(pa.Table.from_batches([batch]))
+        # a rescan reads straight into polars: converting Arrow strings costs more than reading them
+        frames = batches.frames() if hasattr(batches, "frames") else (
+            pl.from_arrow(pa.Table.from_batches([batch])) for batch in batches)
+        for frame in frames:
             for lo in range(0, frame.height, _SUB_BATCH):
                 part = frame.slice(lo, _SUB_BATCH)
                 yield base, part
@@ -346,7 +348,8 @@ class MinHashDedupStage(Stage[MinHashConfig]):
                                 texts.str.len_chars().alias("_len")),
         }
 
-    def _signature_pass(self, batches: Iterable[pa.RecordBatch], threads: int, spill: str | None = None) -> dict | None:
+    def _signature_pass(self, batches: Iterable[pa.RecordBatch], threads: int, spill: str | None = None,
+                        progress: bool = True) -> dict | None:
         """Pass 1 over `batches`: band keys, their row indices (from 0), survivor columns. With
         `spill`, every row's shingle hashes also go to `spill` (flat u64) and their row offsets
         to `spill`.offsets.npy, so pass 2 gathers the candidates' sets instead of re-reading and
@@ -355,7 +358,9 @@ class MinHashDedupStage(Stage[MinHashConfig]):
         with ExitStack() as stack:
             out = stack.enter_context(open(spill, "wb")) if spill else None
             total = 0
-            for done in bounded_map(self._signature_part, self._sub_batches(batches), threads):
+            parts = bounded_map(self._signature_part, self._sub_batches(batches), threads)
+            for done in tqdm(parts, desc="minhash signatures", unit="batch", disable=None if progress else True,
+                             leave=False):
                 keys.append(done["keys"])
                 key_rows.append(done["rows"])
                 meta.append(done["meta"])
@@ -401,8 +406,7 @@ class MinHashDedupStage(Stage[MinHashConfig]):
             for future in tqdm(futures, desc="minhash signatures", unit="file", disable=None, leave=False):
                 yield future.result()
             return
-        yield self._signature_pass(tqdm(batches, desc="minhash signatures", unit="batch", disable=None,
-                                        leave=False), self.config.threads or os.cpu_count() or 1)
+        yield self._signature_pass(batches, self.config.threads or os.cpu_count() or 1)
 
     def fit(self, batches: Iterable[pa.RecordBatch]) -> pa.Table:
         with ExitStack() as stack:
@@ -480,8 +484,7 @@ class MinHashDedupStage(Stage[MinHashConfig]):
     def _candidate_sets(self, batches, wanted: np.ndarray, pieces, pool, piece_rows: list[int]) -> pl.DataFrame:
         """Pass 2: distinct shingle hashes of the rows in some candidate pair (only those)."""
         if pool is None:
-            parts = [self._sets_pass(tqdm(batches, desc="minhash verify", unit="batch", disable=None, leave=False),
-                                     wanted, self.config.threads or os.cpu_count() or 1)]
+            parts = [self._sets_pass(batches, wanted, self.config.threads or os.cpu_count() or 1)]
         else:
             bases = np.concatenate([[0], np.cumsum(piece_rows)]).astype(np.int64)
             cuts = np.searchsorted(wanted, bases)
@@ -507,7 +510,7 @@ class MinHashDedupStage(Stage[MinHashConfig]):
         self._sorted = sorted_state(state)
 
     def process(self, batch: pa.Table) -> BatchResult:
-        out = join_sorted(batch, self._sorted)
+        table, out = join_sorted(batch, self._sorted)
         counts = Counter(not_survivor=int((~out[self.col("is_survivor")].fill_null(True)).sum()),
                          in_duplicate_clusters=int((out[self.col("cluster_size")] > 1).sum()))
-        return BatchResult(out.to_arrow(), counts=counts)
+        return BatchResult(table, counts=counts)

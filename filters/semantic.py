@@ -209,6 +209,6 @@ class SemanticDedupStage(Stage[SemanticConfig]):
         self._sorted = sorted_state(state)
 
     def process(self, batch: pa.Table) -> BatchResult:
-        out = join_sorted(batch, self._sorted)
+        table, out = join_sorted(batch, self._sorted)
         counts = Counter(not_survivor=int((~out[self.col("is_survivor")].fill_null(True)).sum()))
-        return BatchResult(out.to_arrow(), counts=counts)
+        return BatchResult(table, counts=counts)
