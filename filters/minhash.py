@@ -31,7 +31,9 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
@@ -56,6 +58,15 @@ _SUB_BATCH = 4096
 _BAND_SALT = np.uint64(0xD6E8FEB86659FD93)
 _PACK_ROW_BITS = 24
 _PROCESS_MIN_ROWS = 200_000
+
+
+@dataclass
+class _FileWorkers:
+    """One rescan per input file, the scratch file each one's shingle hashes spill to, the pool."""
+
+    pieces: list
+    spills: list[str]
+    pool: ProcessPoolExecutor
 
 
 def _signature_file(stage: MinHashDedupStage, batches: Iterable[pa.RecordBatch], spill: str) -> dict | None:
@@ -378,31 +389,28 @@ class MinHashDedupStage(Stage[MinHashConfig]):
         return {"keys": np.concatenate(keys), "rows": np.concatenate(key_rows), "meta": pl.concat(meta),
                 "sigs": pl.concat(sig_parts) if sig_parts else None}
 
-    def _worker_pool(self, batches: Iterable[pa.RecordBatch], stack: ExitStack) -> tuple[list | None, object]:
-        """(one rescan per input file, a process pool) when the input is large enough to repay the
-        workers' start-up (about 2 s), else (None, None). rensa's `to_rows` holds the GIL, so
+    def _worker_pool(self, batches: Iterable[pa.RecordBatch], stack: ExitStack) -> _FileWorkers | None:
+        """File workers when the input is large enough to repay their start-up (about 2 s). rensa's `to_rows` holds the GIL, so
         threads alone leave a core idle for a third of the signature pass. Each worker spills its
         file's shingle hashes to a scratch directory (about 1.8 GB per million traces, removed when
         the fit ends)."""
         cfg = self.config
-        self._processes = 1
         pieces = batches.split() if hasattr(batches, "split") else None
         workers = cfg.processes if cfg.processes is not None else os.cpu_count() or 1
         if not pieces or len(pieces) < 2 or workers < 2 or (
                 cfg.processes is None and sum(p.rows() for p in pieces) < _PROCESS_MIN_ROWS):
-            return None, None
+            return None
         from curate.executors import spawn_pool
 
-        self._processes = min(workers, len(pieces))
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="curate-minhash-", dir=cfg.scratch_dir)))
-        self._spills = [str(scratch / f"shingles-{i:05d}.u64") for i in range(len(pieces))]
-        return pieces, stack.enter_context(spawn_pool(self._processes))
+        return _FileWorkers(pieces, [str(scratch / f"shingles-{i:05d}.u64") for i in range(len(pieces))],
+                            stack.enter_context(spawn_pool(min(workers, len(pieces)))))
 
-    def _signature_parts(self, batches, pieces, pool) -> Iterator[dict]:
+    def _signature_parts(self, batches, workers: _FileWorkers | None) -> Iterator[dict]:
         """Pass 1: file by file in the pool when there is one, else threads here."""
-        if pool is not None:
-            futures = [pool.submit(_signature_file, self, piece, spill)
-                       for piece, spill in zip(pieces, self._spills, strict=True)]
+        if workers is not None:
+            futures = [workers.pool.submit(_signature_file, self, piece, spill)
+                       for piece, spill in zip(workers.pieces, workers.spills, strict=True)]
             for future in tqdm(futures, desc="minhash signatures", unit="file", disable=None, leave=False):
                 yield future.result()
             return
@@ -410,15 +418,14 @@ class MinHashDedupStage(Stage[MinHashConfig]):
 
     def fit(self, batches: Iterable[pa.RecordBatch]) -> pa.Table:
         with ExitStack() as stack:
-            pieces, pool = self._worker_pool(batches, stack)
-            return self._fit(batches, pieces, pool)
+            return self._fit(batches, self._worker_pool(batches, stack))
 
-    def _fit(self, batches, pieces, pool) -> pa.Table:
+    def _fit(self, batches, workers: _FileWorkers | None) -> pa.Table:
         cfg = self.config
         started = time.perf_counter()
         meta, keys, key_rows, sig_parts, piece_rows = [], [], [], [], []
         base = 0
-        for done in self._signature_parts(batches, pieces, pool):
+        for done in self._signature_parts(batches, workers):
             piece_rows.append(done["meta"].height if done else 0)
             if done is None:
                 continue
@@ -442,7 +449,7 @@ class MinHashDedupStage(Stage[MinHashConfig]):
         reread = 0.0
         if cfg.verify_jaccard and len(edges):
             t = time.perf_counter()
-            sets = self._candidate_sets(batches, np.unique(edges), pieces, pool, piece_rows)
+            sets = self._candidate_sets(batches, np.unique(edges), workers, piece_rows)
             reread = time.perf_counter() - t
             sim = edge_jaccard(edges, sets)
             del sets
@@ -481,15 +488,16 @@ class MinHashDedupStage(Stage[MinHashConfig]):
         parts = [p for p in bounded_map(sets_of, self._sub_batches(batches), threads) if p is not None]
         return pl.concat(parts) if parts else None
 
-    def _candidate_sets(self, batches, wanted: np.ndarray, pieces, pool, piece_rows: list[int]) -> pl.DataFrame:
+    def _candidate_sets(self, batches, wanted: np.ndarray, workers: _FileWorkers | None,
+                        piece_rows: list[int]) -> pl.DataFrame:
         """Pass 2: distinct shingle hashes of the rows in some candidate pair (only those)."""
-        if pool is None:
+        if workers is None:
             parts = [self._sets_pass(batches, wanted, self.config.threads or os.cpu_count() or 1)]
         else:
             bases = np.concatenate([[0], np.cumsum(piece_rows)]).astype(np.int64)
             cuts = np.searchsorted(wanted, bases)
             parts = [_spilled_sets(spill, wanted[lo:hi], base)
-                     for spill, base, lo, hi in zip(self._spills, bases[:-1], cuts[:-1], cuts[1:], strict=True)
+                     for spill, base, lo, hi in zip(workers.spills, bases[:-1], cuts[:-1], cuts[1:], strict=True)
                      if hi > lo]
         parts = [p for p in parts if p is not None]
         return pl.concat(parts) if parts else pl.DataFrame(schema={"row": pl.Int64, "s": pl.List(pl.UInt64)})

@@ -49,18 +49,25 @@ def test_exact_then_minhash_through_the_runner(tmp_path):
     assert manifest.summary["bands"] == 20 and manifest.summary["rows"] == 6
 
 
-def test_minhash_fit_in_worker_processes_matches_the_fit_in_threads(tmp_path):
+def test_minhash_fit_in_worker_processes_matches_the_fit_in_threads(tmp_path, monkeypatch):
+    import curate.filters.minhash as minhash
+
+    gathered = []
+    real = minhash._spilled_sets
+    monkeypatch.setattr(minhash, "_spilled_sets", lambda *a: gathered.append(a[0]) or real(*a))
     # processes=2: each file's signatures in a worker, shingles spilled to scratch and gathered for
     # the exact Jaccard check; the duplicates straddle the two files
     _two_files(tmp_path / "in")
     states = {}
     for processes in (1, 2):
+        gathered.clear()
         scratch = tmp_path / f"scratch{processes}"
         scratch.mkdir()
         stage = MinHashDedupStage(MinHashConfig(threshold=0.7, processes=processes, scratch_dir=str(scratch)))
         manifest = run_stage(stage, input_dir=tmp_path / "in", out_dir=tmp_path / f"mh{processes}",
                              executor=LocalExecutor(1), progress=False)
-        assert stage._processes == processes and manifest.rows_out == 40
+        assert manifest.rows_out == 40
+        assert len(gathered) == (2 if processes == 2 else 0)  # both files' spills were read
         states[processes] = pl.read_parquet(tmp_path / f"mh{processes}" / "_state.parquet")
         assert list(scratch.iterdir()) == []  # the spill is removed when the fit ends
     assert states[2].equals(states[1])
